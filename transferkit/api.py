@@ -1,0 +1,206 @@
+"""The Python API. The CLI only wraps these functions.
+
+>>> import transferkit as tk
+>>> result = tk.train("data/hymenoptera", strategy="feature-extraction", epochs=5, out="runs/ants")
+>>> tk.evaluate("runs/ants", "data/hymenoptera/val")["metrics"]["accuracy"]
+>>> tk.predict("runs/ants", ["photo.jpg"], top_k=2)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from transferkit.config import RunCfg, apply_overrides, config_from_dict, load_config
+from transferkit.data.datasets import ImageDataset, make_loader
+from transferkit.data.decode import IMAGE_EXTENSIONS
+from transferkit.data.scan import Sample, scan_dataset, validate
+from transferkit.data.transforms import eval_transform, resize_size
+from transferkit.engine.loop import pick_device, predict_loader
+from transferkit.engine.trainer import RunResult, Trainer
+from transferkit.errors import ConfigError, DataError
+from transferkit.export.runfiles import LoadedRun, load_run
+from transferkit.fileio import write_json
+from transferkit.metrics.classification import detailed_metrics
+
+__all__ = ["train", "resume", "evaluate", "predict", "load_run", "build_config", "FLAT_KEYS"]
+
+# Friendly keyword / flag names -> dotted config keys.
+FLAT_KEYS = {
+    "backbone": "model.backbone",
+    "weights": "model.weights",
+    "head": "model.head",
+    "input_size": "model.input_size",
+    "dropout": "model.dropout",
+    "strategy": "strategy.name",
+    "unfreeze": "strategy.unfreeze",
+    "warmup_epochs": "strategy.warmup_epochs",
+    "unfreeze_every": "strategy.unfreeze_every",
+    "layer_decay": "strategy.layer_decay",
+    "group_lr_scales": "strategy.group_lr_scales",
+    "backbone_lr_scale": "strategy.backbone_lr_scale",
+    "bn": "strategy.bn",
+    "l2sp": "strategy.l2sp",
+    "lr": "optim.lr",
+    "weight_decay": "optim.weight_decay",
+    "label_smoothing": "optim.label_smoothing",
+    "epochs": "engine.epochs",
+    "batch_size": "engine.batch_size",
+    "seed": "engine.seed",
+    "patience": "engine.patience",
+    "device": "engine.device",
+    "cache": "engine.cache",
+    "cache_dir": "engine.cache_dir",
+    "cache_views": "engine.cache_views",
+    "val_fraction": "data.val_fraction",
+    "split_seed": "data.split_seed",
+    "augment": "data.augment",
+    "workers": "data.workers",
+    "out": "out",
+}
+
+
+def build_config(
+    data: str | os.PathLike | None = None,
+    config: str | os.PathLike | Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> RunCfg:
+    """Config file (or dict) < dotted ``overrides`` < keyword arguments (FLAT_KEYS names)."""
+    raw: dict[str, Any] = {}
+    if config is not None:
+        raw = dict(config) if isinstance(config, Mapping) else load_config(config)
+    dotted: dict[str, Any] = dict(overrides or {})
+    for key, value in kwargs.items():
+        if key not in FLAT_KEYS:
+            raise ConfigError(f"unknown option {key!r}; known: {', '.join(sorted(FLAT_KEYS))}")
+        dotted[FLAT_KEYS[key]] = value
+    if data is not None:
+        dotted["data.path"] = str(data)
+    return config_from_dict(apply_overrides(raw, dotted))
+
+
+def train(
+    data: str | os.PathLike | None = None,
+    *,
+    config: str | os.PathLike | Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    quiet: bool = False,
+    **kwargs: Any,
+) -> RunResult:
+    """Train a classifier on an image folder; returns the run folder and its summary.
+
+    Args:
+        data: a folder of class sub-folders, or one with train/ and val/ (and optional test/).
+        config: a YAML/JSON file or a dict with sections data/model/strategy/optim/engine.
+        overrides: dotted keys, e.g. {"engine.epochs": 3}.
+        quiet: no console output.
+        **kwargs: friendly names (see FLAT_KEYS): backbone, strategy, epochs, lr, batch_size, seed, out ...
+    """
+    cfg = build_config(data, config, overrides, **kwargs)
+    if cfg.strategy.name == "auto":
+        from transferkit.strategy.recommend import resolve_auto
+
+        cfg = resolve_auto(cfg, quiet=quiet)
+    return Trainer(cfg, quiet=quiet).fit()
+
+
+def resume(run_dir: str | os.PathLike, quiet: bool = False) -> RunResult:
+    """Continue an interrupted run from its last completed epoch."""
+    return Trainer.resume(run_dir, quiet=quiet).fit()
+
+
+def _labelled_samples(run: LoadedRun, data: str | os.PathLike) -> tuple[list[Sample], list[tuple[str, str]]]:
+    """Samples of an evaluation folder, labelled with the run's class indices (by class name)."""
+    scans = scan_dataset(data)
+    name = "all" if "all" in scans else ("test" if "test" in scans else "val")
+    try:
+        scan = validate(scans[name], workers=max(1, os.cpu_count() or 1), draft_size=resize_size(run.spec))
+    except KeyError:
+        raise DataError(f"{data}: no evaluation images found") from None
+    unknown = sorted(set(scan.classes) - set(run.classes))
+    if unknown:
+        raise DataError(
+            f"{data}: class folder(s) {', '.join(unknown)} are not classes of the model ({', '.join(run.classes)}); "
+            "evaluate on a folder whose sub-folders are the model's classes"
+        )
+    remap = {i: run.classes.index(c) for i, c in enumerate(scan.classes)}
+    samples = [Sample(s.path, remap[s.label]) for s in scan.samples]
+    return samples, list(scan.skipped)
+
+
+def evaluate(
+    run: str | os.PathLike | LoadedRun, data: str | os.PathLike, out: str | os.PathLike | None = None, batch_size: int = 64
+) -> dict[str, Any]:
+    """Metrics of a trained run on a labelled folder (whole folder, or its test/ else val/ split).
+
+    Writes ``evaluation.json`` into ``out`` (default: the run folder) and returns the same dict:
+    summary metrics, per-class precision/recall/F1, confusion matrix, calibration, skipped files.
+    """
+    loaded = run if isinstance(run, LoadedRun) else load_run(run)
+    samples, skipped = _labelled_samples(loaded, data)
+    device = pick_device()
+    loaded.model.to(device)
+    dataset = ImageDataset(samples, eval_transform(loaded.spec), resize_size(loaded.spec))
+    failed: list[tuple[str, str]] = []
+    result = predict_loader(
+        loaded.model, make_loader(dataset, batch_size, False, 0), device,
+        on_failed=lambda items: failed.extend((dataset.samples[i].path, r) for i, r in items),
+    )
+    report = detailed_metrics(result["labels"], result["outputs"], loaded.classes)
+    report["data"] = str(data)
+    report["skipped_files"] = [{"path": p, "reason": r} for p, r in skipped + failed]
+    target = Path(out) if out else loaded.path
+    write_json(target / "evaluation.json", report)
+    return report
+
+
+def _expand(paths: Iterable[str | os.PathLike]) -> list[str]:
+    files: list[str] = []
+    for item in paths:
+        p = Path(item)
+        if p.is_dir():
+            for root, dirs, names in os.walk(p):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                files.extend(
+                    os.path.join(root, n) for n in sorted(names)
+                    if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_EXTENSIONS
+                )
+        else:
+            files.append(str(p))
+    return files
+
+
+def predict(
+    run: str | os.PathLike | LoadedRun, paths: Sequence[str | os.PathLike], top_k: int = 1, batch_size: int = 64
+) -> list[dict[str, Any]]:
+    """Top-k predictions for files and folders. A bad file gets a row with ``error``; the rest still predict."""
+    loaded = run if isinstance(run, LoadedRun) else load_run(run)
+    files = _expand(paths)
+    if not files:
+        raise DataError(f"no image files found in {', '.join(map(str, paths))}; pass image files or folders of images")
+    k = max(1, min(top_k, len(loaded.classes)))
+    device = pick_device()
+    loaded.model.to(device)
+    rows: dict[int, dict[str, Any]] = {}
+    missing = [i for i, f in enumerate(files) if not os.path.isfile(f)]
+    for i in missing:
+        rows[i] = {"path": files[i], "error": "file not found"}
+    samples = [Sample(f, -1) for i, f in enumerate(files)]
+    dataset = ImageDataset(samples, eval_transform(loaded.spec), resize_size(loaded.spec))
+    keep = [i for i in range(len(files)) if i not in rows]
+    subset = ImageDataset([samples[i] for i in keep], dataset.transform, dataset.draft_size)
+
+    def on_failed(items: list[tuple[int, str]]) -> None:
+        for j, reason in items:
+            rows[keep[j]] = {"path": files[keep[j]], "error": reason}
+
+    result = predict_loader(loaded.model, make_loader(subset, batch_size, False, 0), device, on_failed=on_failed)
+    for j, probs in zip(result["indices"], result["outputs"]):
+        order = probs.argsort()[::-1][:k]
+        rows[keep[int(j)]] = {
+            "path": files[keep[int(j)]],
+            "predictions": [{"label": loaded.classes[c], "probability": float(probs[c])} for c in order],
+        }
+    return [rows[i] for i in range(len(files))]

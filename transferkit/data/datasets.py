@@ -1,0 +1,182 @@
+"""Splits, datasets and loaders on top of the folder scan.
+
+A bad file never crashes an epoch: ``__getitem__`` turns a :class:`DataError` into a failure record
+that the collate function drops from the batch and reports, so the engine can list it as skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+from transferkit.config import DataCfg
+from transferkit.data.decode import load_rgb
+from transferkit.data.scan import Sample, scan_dataset, validate
+from transferkit.errors import DataError
+
+__all__ = ["DataSplits", "prepare_data", "stratified_split", "ImageDataset", "make_loader", "default_workers"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataSplits:
+    """The classes, the samples of each split, and every file that was skipped (with its reason)."""
+
+    root: str
+    layout: str  # "split" (train/val folders given) or "flat" (split here by seed)
+    classes: list[str]
+    train: list[Sample]
+    val: list[Sample]
+    test: list[Sample] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def split_record(self) -> dict[str, Any]:
+        """Relative paths per split: written to split.json so a run's split is reproducible."""
+        root = Path(self.root)
+
+        def rel(samples: Sequence[Sample]) -> list[list[Any]]:
+            return [[os.path.relpath(s.path, root), s.label] for s in samples]
+
+        return {
+            "root": str(root),
+            "layout": self.layout,
+            "classes": self.classes,
+            "train": rel(self.train),
+            "val": rel(self.val),
+            "test": rel(self.test),
+        }
+
+
+def stratified_split(samples: Sequence[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Per-class shuffled split; every class with >= 2 images keeps at least one in each part.
+
+    Hand-written rather than sklearn's train_test_split because that one refuses classes with a
+    single image instead of keeping them in train, and we want the order fully defined by the seed.
+    """
+    by_class: dict[int, list[Sample]] = {}
+    for s in samples:
+        by_class.setdefault(s.label, []).append(s)
+    rng = random.Random(seed)
+    train, val = [], []
+    for label in sorted(by_class):
+        items = sorted(by_class[label], key=lambda s: s.path)
+        rng.shuffle(items)
+        n_val = int(round(len(items) * val_fraction))
+        n_val = min(max(n_val, 1), len(items) - 1) if len(items) >= 2 else 0
+        val.extend(items[:n_val])
+        train.extend(items[n_val:])
+    return sorted(train, key=lambda s: s.path), sorted(val, key=lambda s: s.path)
+
+
+def prepare_data(cfg: DataCfg, draft_size: int | None = None) -> DataSplits:
+    """Scan, validate (decode each file once) and split the folder ``cfg.path``."""
+    scans = scan_dataset(cfg.path)
+    if cfg.validate:
+        scans = {name: validate(scan, workers=max(1, os.cpu_count() or 1), draft_size=draft_size) for name, scan in scans.items()}
+    skipped = [item for scan in scans.values() for item in scan.skipped]
+    if "all" in scans:
+        scan = scans["all"]
+        _require_two_classes(scan.samples, scan.classes, cfg.path)
+        train, val = stratified_split(scan.samples, cfg.val_fraction, cfg.split_seed)
+        return DataSplits(str(cfg.path), "flat", scan.classes, train, val, [], skipped)
+    train_scan = scans["train"]
+    _require_two_classes(train_scan.samples, train_scan.classes, str(Path(cfg.path) / "train"))
+    if not scans["val"].samples:
+        raise DataError(f"{cfg.path}: the validation folder has no readable images; add images to it or remove it")
+    test = scans["test"].samples if "test" in scans else []
+    return DataSplits(str(cfg.path), "split", train_scan.classes, train_scan.samples, scans["val"].samples, test, skipped)
+
+
+def _require_two_classes(samples: Sequence[Sample], classes: Sequence[str], where: str) -> None:
+    """After validation a class may have lost all its files: refuse before training, naming it."""
+    present = {s.label for s in samples}
+    empty = [c for i, c in enumerate(classes) if i not in present]
+    if empty:
+        raise DataError(
+            f"{where}: class folder(s) {', '.join(repr(c) for c in empty)} have no readable images "
+            "(see the skipped files); add images or remove the folder"
+        )
+
+
+class ImageDataset(Dataset):
+    """Decodes and transforms one sample; a bad file yields a failure record instead of raising."""
+
+    def __init__(self, samples: Sequence[Sample], transform: Callable, draft_size: int | None = None) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+        self.draft_size = draft_size
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int, int, str | None]:
+        sample = self.samples[index]
+        try:
+            image = load_rgb(sample.path, draft_size=self.draft_size)
+        except DataError as exc:
+            return None, sample.label, index, str(exc)
+        return self.transform(image), sample.label, index, None
+
+
+def collate_skipping(batch: list[tuple[Any, int, int, str | None]]) -> dict[str, Any]:
+    """Stack the good items; report the bad ones as (index, reason)."""
+    good = [item for item in batch if item[3] is None]
+    failed = [(item[2], item[3]) for item in batch if item[3] is not None]
+    if not good:
+        return {"images": None, "labels": None, "indices": None, "failed": failed}
+    return {
+        "images": torch.stack([item[0] for item in good]),
+        "labels": torch.tensor([item[1] for item in good], dtype=torch.long),
+        "indices": torch.tensor([item[2] for item in good], dtype=torch.long),
+        "failed": failed,
+    }
+
+
+def default_workers(requested: int = -1) -> int:
+    """Decoding workers: on a small machine one worker overlaps decoding with the model's forward."""
+    if requested >= 0:
+        return requested
+    cores = os.cpu_count() or 1
+    return max(1, min(8, cores - 1))
+
+
+def make_loader(
+    dataset: ImageDataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    epoch: int = 0,
+    workers: int = -1,
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A loader whose order and augmentation are a pure function of (seed, epoch, rank).
+
+    A DistributedSampler with ``set_epoch`` is used even for one process: it gives the same
+    permutation for the same epoch, which is what resuming mid-run and DDP both need.
+    """
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+    sampler.set_epoch(epoch)
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch * 1_009 + rank)
+    n_workers = default_workers(workers)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=n_workers,
+        collate_fn=collate_skipping,
+        generator=generator,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        prefetch_factor=4 if n_workers > 0 else None,
+    )

@@ -1,0 +1,129 @@
+"""The training and evaluation loops: flat, readable, one place that owns the optimizer step."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["StepContext", "optimizer_step", "train_one_epoch", "predict_loader", "autocast_for", "pick_device"]
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def autocast_for(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (no GradScaler needed for bf16); nothing on the CPU."""
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass
+class StepContext:
+    """What one optimisation step needs besides the batch."""
+
+    optimizer: torch.optim.Optimizer
+    set_lr: Callable[[int], None]  # step -> sets every group's lr from the pure schedule
+    device: torch.device
+    amp: bool = False
+    channels_last: bool = False
+    grad_clip: float | None = None
+    label_smoothing: float = 0.0
+    extra_loss: Callable[[], torch.Tensor] | None = None  # e.g. L2-SP
+    drop_grads_of: list[torch.nn.Parameter] = field(default_factory=list)  # DDP: scale-0 groups
+
+
+def optimizer_step(ctx: StepContext, loss: torch.Tensor, step: int) -> None:
+    """The only place gradients become updates: backward, clip, schedule, step, zero."""
+    loss.backward()
+    for p in ctx.drop_grads_of:
+        p.grad = None
+    if ctx.grad_clip:
+        params = [p for g in ctx.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if params:
+            torch.nn.utils.clip_grad_norm_(params, ctx.grad_clip)
+    ctx.set_lr(step)
+    ctx.optimizer.step()
+    ctx.optimizer.zero_grad(set_to_none=True)
+
+
+def _to_device(batch: dict[str, Any], ctx_device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    images = batch["images"].to(ctx_device, non_blocking=True)
+    if channels_last and images.ndim == 4:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, batch["labels"].to(ctx_device, non_blocking=True)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    batches: Iterable[dict[str, Any]],
+    ctx: StepContext,
+    start_step: int,
+    on_failed: Callable[[list[tuple[int, str]]], None],
+    on_batch: Callable[[float], None] | None = None,
+) -> dict[str, float]:
+    """One pass over ``batches``; returns mean loss and accuracy over the samples seen."""
+    model.train()
+    step, total_loss, correct, seen = start_step, 0.0, 0, 0
+    for batch in batches:
+        if batch["failed"]:
+            on_failed(batch["failed"])
+        if batch["images"] is None:
+            continue
+        images, labels = _to_device(batch, ctx.device, ctx.channels_last)
+        with autocast_for(ctx.device, ctx.amp):
+            logits = model(images)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=ctx.label_smoothing)
+        if ctx.extra_loss is not None:
+            loss = loss + ctx.extra_loss()
+        optimizer_step(ctx, loss, step)
+        step += 1
+        n = labels.numel()
+        total_loss += float(loss.detach()) * n
+        correct += int((logits.argmax(dim=1) == labels).sum())
+        seen += n
+        if on_batch is not None:
+            on_batch(float(loss.detach()))
+    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1), "steps": step - start_step, "seen": seen}
+
+
+@torch.inference_mode()
+def predict_loader(
+    model: nn.Module,
+    batches: Iterable[dict[str, Any]],
+    device: torch.device,
+    amp: bool = False,
+    channels_last: bool = False,
+    on_failed: Callable[[list[tuple[int, str]]], None] | None = None,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict[str, np.ndarray]:
+    """Outputs of ``forward`` (default: softmax probabilities) for every readable item, in loader order."""
+    model.eval()
+    outputs, labels, indices = [], [], []
+    for batch in batches:
+        if batch["failed"] and on_failed is not None:
+            on_failed(batch["failed"])
+        if batch["images"] is None:
+            continue
+        images, y = _to_device(batch, device, channels_last)
+        with autocast_for(device, amp):
+            out = forward(images) if forward is not None else model(images).float().softmax(dim=1)
+        outputs.append(out.float().cpu())
+        labels.append(y.cpu())
+        indices.append(batch["indices"])
+    if not outputs:
+        return {"outputs": np.zeros((0, 0), np.float32), "labels": np.zeros(0, np.int64), "indices": np.zeros(0, np.int64)}
+    return {
+        "outputs": torch.cat(outputs).numpy(),
+        "labels": torch.cat(labels).numpy(),
+        "indices": torch.cat(indices).numpy(),
+    }

@@ -1,0 +1,69 @@
+"""What a person watching a run sees: the plan, the trainable fraction, a live bar, one line per epoch."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+__all__ = ["Reporter", "format_count"]
+
+
+def format_count(n: int) -> str:
+    if n >= 1_000_000:
+        return f"{n / 1e6:.1f}M"
+    return f"{n:,}"
+
+
+class Reporter:
+    """Console output for a run; silent when ``quiet`` (tests, API callers who ask for it)."""
+
+    def __init__(self, quiet: bool = False, console: Console | None = None) -> None:
+        self.quiet = quiet
+        self.console = console or Console(stderr=True)
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            self.console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+    def header(self, trainer: Any, trainable: int, total: int) -> None:
+        data = trainer.data
+        self.say(
+            f"data: {len(data.classes)} classes, {len(data.train)} train / {len(data.val)} val"
+            + (f" / {len(data.test)} test" if data.test else "")
+            + (f", {len(data.skipped)} file(s) skipped (listed in skipped.json)" if data.skipped else "")
+        )
+        self.say(f"backbone: {trainer.spec.name} ({trainer.spec.input_size}px) on {trainer.device}")
+        self.say(trainer.plan.describe())
+        self.say(f"training {format_count(trainable)} of {format_count(total)} parameters ({100 * trainable / total:.2f}%)")
+        self.say(f"run folder: {trainer.run_dir}")
+
+    @contextlib.contextmanager
+    def epoch_bar(self, epoch: int, epochs: int, batches: int) -> Iterator[Callable[[float], None]]:
+        if self.quiet or not self.console.is_terminal:
+            yield lambda loss: None
+            return
+        columns = (TextColumn(f"epoch {epoch + 1}/{epochs}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn())
+        with Progress(*columns, console=self.console, transient=True) as progress:
+            task = progress.add_task("train", total=batches, loss=float("nan"))
+            yield lambda loss: progress.update(task, advance=1, loss=loss)
+
+    def epoch_line(self, record: dict[str, Any], improved: bool) -> None:
+        acc = record.get("val_accuracy")
+        self.say(
+            f"epoch {record['epoch']:>3}  train loss {record['train_loss']:.4f}  train acc {record['train_accuracy']:.3f}  "
+            f"val acc {acc if acc is None else f'{acc:.4f}'}  val loss {record.get('val_nll') or float('nan'):.4f}  "
+            f"{record['time_s']:.1f}s" + ("  *best" if improved else "")
+        )
+
+    def summary(self, summary: dict[str, Any], run_dir: Path) -> None:
+        m = summary["metrics"]
+        fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+        self.say(
+            f"best epoch {summary['best_epoch']}: accuracy {fmt(m['accuracy'])}, balanced {fmt(m['balanced_accuracy'])}, "
+            f"macro-F1 {fmt(m['macro_f1'])}, ROC-AUC {fmt(m['roc_auc'])}  ({summary['time_s']:.0f}s) -> {run_dir}"
+        )

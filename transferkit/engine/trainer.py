@@ -1,0 +1,311 @@
+"""The Trainer: config in, run folder out. Wires data -> model -> plan -> loops -> metrics -> files."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from transferkit.config import RunCfg, config_from_dict, config_to_dict
+from transferkit.data.datasets import DataSplits, ImageDataset, make_loader, prepare_data
+from transferkit.data.transforms import eval_transform, resize_size, train_transform
+from transferkit.engine.checkpoint import load_training_state, save_training_state
+from transferkit.engine.loop import StepContext, pick_device, predict_loader, train_one_epoch
+from transferkit.engine.progress import Reporter
+from transferkit.errors import ConfigError, TransferKitError
+from transferkit.export.runfiles import save_model
+from transferkit.fileio import append_jsonl, write_json, write_text
+from transferkit.metrics.classification import detailed_metrics, summary_metrics
+from transferkit.models.backbones import BackboneSpec, resolve_spec
+from transferkit.models.transfer import TransferModel, build_model
+from transferkit.strategy.optim import (
+    GroupIndex,
+    apply_plan,
+    build_optimizer,
+    count_parameters,
+    index_groups,
+    lr_factor,
+    set_learning_rates,
+)
+from transferkit.strategy.plan import Plan, make_plan
+
+__all__ = ["Trainer", "RunResult", "seed_everything", "default_run_dir"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict[str, Any]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def default_run_dir(strategy: str) -> Path:
+    return Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{strategy}"
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """Dropout / main-process augmentation randomness: a pure function of (seed, epoch) for resume."""
+    return (seed * 1_000_003 + epoch * 7_919) % (2**63)
+
+
+@dataclass
+class _State:
+    epoch: int = 0  # epochs completed
+    step: int = 0
+    best_key: tuple[float, float] | None = None
+    best_epoch: int = -1
+    stale: int = 0
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+class Trainer:
+    """Runs one configuration end to end. ``Trainer(cfg).fit()`` or ``Trainer.resume(run_dir).fit()``."""
+
+    def __init__(self, cfg: RunCfg, run_dir: str | Path | None = None, quiet: bool = False) -> None:
+        if cfg.strategy.name == "auto":
+            raise ConfigError("strategy 'auto' must be resolved by the recommender before training (use transferkit.train)")
+        if not cfg.data.path:
+            raise ConfigError("no data folder given; pass DATA (a folder of class sub-folders)")
+        self.cfg = cfg
+        self.run_dir = Path(run_dir or cfg.out or default_run_dir(cfg.strategy.name))
+        self.reporter = Reporter(quiet=quiet)
+        self.device = pick_device(cfg.engine.device)
+        self.state = _State()
+        self._resuming = False
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, quiet: bool = False) -> "Trainer":
+        run = Path(run_dir)
+        cfg_path = run / "config.yaml"
+        if not cfg_path.is_file():
+            raise ConfigError(f"{run} is not a run folder (no config.yaml); pass the --out folder of an earlier run")
+        cfg = config_from_dict(yaml.safe_load(cfg_path.read_text(encoding="utf-8")))
+        trainer = cls(cfg, run_dir=run, quiet=quiet)
+        trainer._resuming = True
+        return trainer
+
+    # --- set-up -------------------------------------------------------------------------------
+
+    def _setup(self) -> None:
+        cfg = self.cfg
+        seed_everything(cfg.engine.seed)
+        self.spec: BackboneSpec = resolve_spec(cfg.model.backbone, cfg.model.weights).with_input_size(cfg.model.input_size)
+        self.data: DataSplits = prepare_data(cfg.data, draft_size=resize_size(self.spec))
+        scratch = cfg.strategy.name == "scratch"
+        self.model: TransferModel = build_model(
+            self.spec,
+            len(self.data.classes),
+            head=cfg.model.head,
+            hidden=cfg.model.head_hidden,
+            dropout=cfg.model.dropout,
+            pretrained=cfg.model.pretrained and not scratch,
+            weights=None if scratch else cfg.model.weights,
+        ).to(self.device)
+        if cfg.engine.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.index: GroupIndex = index_groups(self.model)
+        self.plan: Plan = make_plan(cfg.strategy, self.index.names[:-1], cfg.engine.epochs)
+        self.optimizer = build_optimizer(self.index, cfg.optim, backbone_weight_decay=0.0 if cfg.strategy.l2sp else None)
+        self.steps_per_epoch = max(1, math.ceil(len(self.data.train) / cfg.engine.batch_size))
+        self.total_steps = self.steps_per_epoch * cfg.engine.epochs
+        self.warmup_steps = int(round(cfg.optim.lr_warmup_epochs * self.steps_per_epoch))
+        self.l2sp_anchor = self._l2sp_anchor()
+        for path, reason in self.data.skipped:
+            self.state.skipped[path] = reason
+
+    def _l2sp_anchor(self) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
+        """Pretrained values of the backbone weights, for the L2-SP pull (Li et al. 2018)."""
+        if not self.cfg.strategy.l2sp:
+            return []
+        return [(p, p.detach().clone()) for p in self.model.backbone.parameters()]
+
+    def _l2sp_loss(self) -> torch.Tensor:
+        alpha = self.cfg.strategy.l2sp
+        total = sum(((p - p0) ** 2).sum() for p, p0 in self.l2sp_anchor if p.requires_grad)
+        return 0.5 * alpha * total if isinstance(total, torch.Tensor) else torch.zeros((), device=self.device)
+
+    def _write_run_header(self) -> None:
+        run = self.run_dir
+        run.mkdir(parents=True, exist_ok=True)
+        write_text(run / "config.yaml", yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False))
+        write_json(run / "classes.json", self.data.classes)
+        write_json(run / "split.json", self.data.split_record())
+        write_json(run / "plan.json", self.plan.to_dict())
+        write_json(run / "backbone.json", self.spec.to_dict())
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def fit(self) -> RunResult:
+        """Train, keep the best epoch's model, evaluate it, and write the run folder."""
+        started = time.perf_counter()
+        self._setup()
+        if self._resuming:
+            self._restore()
+        else:
+            if (self.run_dir / "summary.json").exists():
+                raise ConfigError(f"{self.run_dir} already holds a finished run; choose another --out or delete it")
+            self._write_run_header()
+        trainable, total = count_parameters(self.index, self.plan)
+        self.reporter.header(self, trainable, total)
+        interrupted = False
+        try:
+            while self.state.epoch < self.cfg.engine.epochs and not self._early_stop():
+                self._run_epoch(self.state.epoch)
+        except KeyboardInterrupt:
+            interrupted = True
+            self.reporter.say("interrupted: keeping the best checkpoint so far")
+        return self._finish(started, trainable, total, interrupted)
+
+    def _run_epoch(self, epoch: int) -> None:
+        cfg, state = self.cfg, self.state
+        apply_plan(self.model, self.index, self.optimizer, self.plan, epoch)
+        torch.manual_seed(_epoch_seed(cfg.engine.seed, epoch))
+        tick = time.perf_counter()
+        train_ds = ImageDataset(self.data.train, train_transform(self.spec, cfg.data.augment), resize_size(self.spec))
+        loader = make_loader(train_ds, cfg.engine.batch_size, True, cfg.engine.seed, epoch, cfg.data.workers, pin_memory=self.device.type == "cuda")
+        ctx = StepContext(
+            optimizer=self.optimizer,
+            set_lr=lambda step: set_learning_rates(
+                self.optimizer, cfg.optim.lr, lr_factor(step, self.total_steps, self.warmup_steps, cfg.optim.min_lr_ratio)
+            ),
+            device=self.device,
+            amp=cfg.engine.amp,
+            channels_last=cfg.engine.channels_last,
+            grad_clip=cfg.optim.grad_clip,
+            label_smoothing=cfg.optim.label_smoothing,
+            extra_loss=self._l2sp_loss if self.l2sp_anchor else None,
+        )
+        with self.reporter.epoch_bar(epoch, cfg.engine.epochs, len(loader)) as advance:
+            train = train_one_epoch(self.model, loader, ctx, state.step, self._failed_handler(train_ds), advance)
+        state.step += train["steps"]
+        val = self._evaluate(self.data.val)
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": train["loss"],
+            "train_accuracy": train["accuracy"],
+            **{f"val_{k}": v for k, v in val["metrics"].items()},
+            "lr": {g["layer_group"]: g["lr"] for g in self.optimizer.param_groups},
+            "trainable_groups": self.plan.trainable_groups(epoch),
+            "time_s": time.perf_counter() - tick,
+        }
+        state.epoch = epoch + 1
+        self._track_best(val["metrics"], epoch)
+        append_jsonl(self.run_dir / "metrics.jsonl", record)
+        self.reporter.epoch_line(record, improved=state.best_epoch == epoch)
+        save_training_state(self.run_dir, self.model, self.optimizer, self._state_info())
+
+    def _failed_handler(self, dataset: ImageDataset):
+        def handle(failed: list[tuple[int, str]]) -> None:
+            for index, reason in failed:
+                path = dataset.samples[index].path
+                if path not in self.state.skipped:
+                    self.state.skipped[path] = reason
+                    self.reporter.say(f"skipped {path}: {reason}")
+
+        return handle
+
+    def _evaluate(self, samples) -> dict[str, Any]:
+        dataset = ImageDataset(samples, eval_transform(self.spec), resize_size(self.spec))
+        loader = make_loader(dataset, self.cfg.engine.batch_size * 2, False, 0, 0, self.cfg.data.workers)
+        out = predict_loader(
+            self.model, loader, self.device, self.cfg.engine.amp, self.cfg.engine.channels_last, self._failed_handler(dataset)
+        )
+        probs, labels = out["outputs"], out["labels"]
+        return {"metrics": summary_metrics(labels, probs, len(self.data.classes)), "probs": probs, "labels": labels, "indices": out["indices"]}
+
+    def _track_best(self, metrics: dict[str, Any], epoch: int) -> None:
+        monitor = self.cfg.engine.monitor
+        if monitor not in metrics:
+            raise ConfigError(f"engine.monitor {monitor!r} is not a metric; use one of {', '.join(metrics)}")
+        key = (metrics[monitor] or 0.0, -(metrics.get("nll") or 0.0))
+        if self.state.best_key is None or key > self.state.best_key:
+            self.state.best_key, self.state.best_epoch, self.state.stale = key, epoch, 0
+            save_model(self.run_dir, self.model, self.data.classes, self._head_meta())
+        else:
+            self.state.stale += 1
+
+    def _early_stop(self) -> bool:
+        patience = self.cfg.engine.patience
+        return patience > 0 and self.state.stale >= patience
+
+    def _head_meta(self) -> dict[str, Any]:
+        m = self.cfg.model
+        return {"kind": m.head, "hidden": m.head_hidden, "dropout": m.dropout}
+
+    def _state_info(self) -> dict[str, Any]:
+        s = self.state
+        return {
+            "epoch": s.epoch,
+            "step": s.step,
+            "best_key": list(s.best_key) if s.best_key else None,
+            "best_epoch": s.best_epoch,
+            "stale": s.stale,
+            "skipped": s.skipped,
+        }
+
+    def _restore(self) -> None:
+        info = load_training_state(self.run_dir, self.model, self.optimizer)
+        s = self.state
+        s.epoch, s.step, s.best_epoch, s.stale = info["epoch"], info["step"], info["best_epoch"], info["stale"]
+        s.best_key = tuple(info["best_key"]) if info["best_key"] else None
+        s.skipped.update(info.get("skipped", {}))
+        self.reporter.say(f"resuming {self.run_dir} after epoch {s.epoch} of {self.cfg.engine.epochs}")
+
+    # --- the end --------------------------------------------------------------------------------
+
+    def _finish(self, started: float, trainable: int, total: int, interrupted: bool) -> RunResult:
+        from transferkit.export.runfiles import load_run
+
+        if self.state.best_epoch < 0:
+            raise TransferKitError("the run stopped before finishing its first epoch; nothing was saved")
+        best = load_run(self.run_dir, device=str(self.device))
+        self.model.load_state_dict(best.model.state_dict())
+        val = self._evaluate(self.data.val)
+        details = detailed_metrics(val["labels"], val["probs"], self.data.classes)
+        write_json(self.run_dir / "val_metrics.json", details)
+        self._write_predictions("val", self.data.val, val)
+        summary = {
+            "backbone": self.spec.name,
+            "strategy": self.plan.strategy,
+            "metrics": details["metrics"],
+            "params": {"trainable": trainable, "total": total},
+            "epochs_run": self.state.epoch,
+            "best_epoch": self.state.best_epoch + 1,
+            "time_s": round(time.perf_counter() - started, 2),
+            "skipped_files": [{"path": p, "reason": r} for p, r in sorted(self.state.skipped.items())],
+            "interrupted": interrupted,
+            "data": {"root": self.data.root, "layout": self.data.layout, "classes": self.data.classes,
+                     "n_train": len(self.data.train), "n_val": len(self.data.val), "n_test": len(self.data.test)},
+            "device": str(self.device),
+        }
+        if self.data.test:
+            test = self._evaluate(self.data.test)
+            summary["test_metrics"] = detailed_metrics(test["labels"], test["probs"], self.data.classes)["metrics"]
+            self._write_predictions("test", self.data.test, test)
+        write_json(self.run_dir / "skipped.json", summary["skipped_files"])
+        write_json(self.run_dir / "summary.json", summary)
+        self.reporter.summary(summary, self.run_dir)
+        return RunResult(self.run_dir, summary)
+
+    def _write_predictions(self, split: str, samples, result: dict[str, Any]) -> None:
+        """Per-image probabilities of the final model (the report's galleries and calibration use them)."""
+        rows = []
+        for idx, label, probs in zip(result["indices"], result["labels"], result["probs"]):
+            rows.append({"path": samples[int(idx)].path, "label": int(label), "probs": [round(float(p), 6) for p in probs]})
+        write_json(self.run_dir / f"{split}_predictions.json", rows)

@@ -1,0 +1,98 @@
+"""Safe model files: weights in safetensors, everything else in JSON. Loading never unpickles."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from transferkit.errors import CheckpointError
+from transferkit.fileio import atomic_write, write_json
+from transferkit.models.backbones import BackboneSpec
+from transferkit.models.transfer import TransferModel, build_model
+
+__all__ = ["save_model", "load_run", "LoadedRun", "MODEL_FILE", "MODEL_META"]
+
+MODEL_FILE = "model.safetensors"
+MODEL_META = "model.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class LoadedRun:
+    """A trained model with what is needed to use it: classes and the backbone spec (preprocessing)."""
+
+    path: Path
+    model: TransferModel
+    classes: list[str]
+    spec: BackboneSpec
+    meta: dict[str, Any]
+
+
+def state_dict_cpu(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Contiguous CPU copies (safetensors needs them; shared storage is not allowed)."""
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def save_model(run_dir: str | Path, model: TransferModel, classes: list[str], head: dict[str, Any], name: str = MODEL_FILE) -> Path:
+    """Write ``name`` (safetensors) and its JSON description atomically."""
+    from safetensors.torch import save_file
+
+    run = Path(run_dir)
+    target = run / name
+    with atomic_write(target) as tmp:
+        save_file(state_dict_cpu(model), str(tmp), metadata={"format": "transferkit", "version": str(FORMAT_VERSION)})
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "weights": name,
+        "classes": list(classes),
+        "head": head,
+        "backbone": model.spec.to_dict(),
+    }
+    write_json(run / (Path(name).stem + ".json"), meta)
+    return target
+
+
+def load_run(run_dir: str | Path, weights_name: str = MODEL_FILE, device: str = "cpu") -> LoadedRun:
+    """Rebuild the model of a run folder from model.json + model.safetensors (no pickle anywhere)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    run = Path(run_dir)
+    meta_path, weights_path = run / (Path(weights_name).stem + ".json"), run / weights_name
+    if not run.is_dir():
+        raise CheckpointError(f"run folder {run} does not exist; pass the --out folder of a finished train run")
+    if not meta_path.is_file() or not weights_path.is_file():
+        raise CheckpointError(
+            f"{run} has no {meta_path.name} + {weights_path.name}; was the run finished? "
+            "(transferkit saves models only as safetensors + JSON; pickled .pt/.pth models are not loaded)"
+        )
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        spec = BackboneSpec.from_dict(meta["backbone"])
+        classes, head = list(meta["classes"]), dict(meta["head"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{meta_path} is not a valid transferkit model description ({exc})") from None
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{weights_path} is not a valid safetensors file ({exc}); it may be damaged or not a transferkit model"
+        ) from None
+    model = build_model(
+        spec,
+        len(classes),
+        head=head.get("kind", "linear"),
+        hidden=int(head.get("hidden", 512)),
+        dropout=float(head.get("dropout", 0.0)),
+        pretrained=False,
+    )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{weights_path} does not match {meta_path.name}: {str(exc).splitlines()[0]}") from None
+    model.eval().to(device)
+    return LoadedRun(run, model, classes, spec, meta)

@@ -1,0 +1,91 @@
+"""Classification metrics from predicted probabilities (scikit-learn does the arithmetic)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Sequence
+
+import numpy as np
+from sklearn import metrics as skm
+
+__all__ = ["summary_metrics", "detailed_metrics", "expected_calibration_error"]
+
+
+def _roc_auc(labels: np.ndarray, probs: np.ndarray, n_classes: int) -> float | None:
+    """Binary AUC of the positive class, or macro one-vs-rest AUC; None when undefined."""
+    present = np.unique(labels)
+    if len(present) < 2:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            if n_classes == 2:
+                return float(skm.roc_auc_score(labels, probs[:, 1]))
+            if len(present) < n_classes:
+                # one-vs-rest over the classes that occur; absent classes have no positives
+                scores = [skm.roc_auc_score(labels == c, probs[:, c]) for c in present]
+                return float(np.mean(scores))
+            return float(skm.roc_auc_score(labels, probs, multi_class="ovr", average="macro"))
+        except ValueError:
+            return None
+
+
+def summary_metrics(labels: Sequence[int], probs: np.ndarray, n_classes: int) -> dict[str, float | None]:
+    """accuracy, balanced_accuracy, macro_f1, roc_auc (binary or macro one-vs-rest), log loss."""
+    y = np.asarray(labels, dtype=np.int64)
+    p = np.asarray(probs, dtype=np.float64)
+    if len(y) == 0:
+        return {"accuracy": None, "balanced_accuracy": None, "macro_f1": None, "roc_auc": None}
+    pred = p.argmax(axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out: dict[str, float | None] = {
+            "accuracy": float(skm.accuracy_score(y, pred)),
+            "balanced_accuracy": float(skm.balanced_accuracy_score(y, pred)),
+            "macro_f1": float(skm.f1_score(y, pred, average="macro", labels=list(range(n_classes)), zero_division=0)),
+            "roc_auc": _roc_auc(y, p, n_classes),
+        }
+    nll = -np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1.0)).mean()
+    out["nll"] = float(nll) if math.isfinite(nll) else None
+    return out
+
+
+def expected_calibration_error(labels: Sequence[int], probs: np.ndarray, bins: int = 15) -> dict[str, Any]:
+    """ECE with equal-width confidence bins, plus the per-bin table for a reliability diagram."""
+    y = np.asarray(labels)
+    p = np.asarray(probs)
+    conf = p.max(axis=1)
+    correct = (p.argmax(axis=1) == y).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    table, ece = [], 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        mask = (conf > lo) & (conf <= hi)
+        if mask.any():
+            acc, mean_conf = float(correct[mask].mean()), float(conf[mask].mean())
+            ece += mask.mean() * abs(acc - mean_conf)
+            table.append({"lo": float(lo), "hi": float(hi), "count": int(mask.sum()), "accuracy": acc, "confidence": mean_conf})
+    return {"ece": float(ece), "bins": table}
+
+
+def detailed_metrics(labels: Sequence[int], probs: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    """Summary + per-class precision/recall/F1/support + confusion matrix + calibration."""
+    y = np.asarray(labels, dtype=np.int64)
+    p = np.asarray(probs, dtype=np.float64)
+    n = len(classes)
+    pred = p.argmax(axis=1)
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        y, pred, labels=list(range(n)), zero_division=0
+    )
+    per_class = {
+        c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+        for i, c in enumerate(classes)
+    }
+    return {
+        "metrics": summary_metrics(y, p, n),
+        "per_class": per_class,
+        "confusion_matrix": skm.confusion_matrix(y, pred, labels=list(range(n))).tolist(),
+        "classes": list(classes),
+        "calibration": expected_calibration_error(y, p),
+        "n": int(len(y)),
+    }
