@@ -180,6 +180,15 @@ def demo(
     _run(lambda: run_demo(out, quick=quick))
 
 
+def _register_subcommands() -> None:
+    from transferkit.commands import register_all
+
+    register_all(app)
+
+
+_register_subcommands()
+
+
 def run() -> None:  # console-script entry point
     app()
 

@@ -300,8 +300,14 @@ class Trainer:
             self._write_predictions("test", self.data.test, test)
         write_json(self.run_dir / "skipped.json", summary["skipped_files"])
         write_json(self.run_dir / "summary.json", summary)
+        self._write_report()
         self.reporter.summary(summary, self.run_dir)
         return RunResult(self.run_dir, summary)
+
+    def _write_report(self) -> None:
+        from transferkit.report import build_run_report
+
+        build_run_report(self.run_dir, model=self.model)
 
     def _write_predictions(self, split: str, samples, result: dict[str, Any]) -> None:
         """Per-image probabilities of the final model (the report's galleries and calibration use them)."""
