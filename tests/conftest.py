@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny generated image folders and isolation of user paths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def datasets_root() -> Path:
+    """Real datasets: $TRANSFERKIT_DATASETS, else ../shared/datasets beside the repo."""
+    return Path(os.environ.get("TRANSFERKIT_DATASETS") or REPO.parent / "shared" / "datasets")
+
+
+def require_dataset(name: str) -> Path:
+    path = datasets_root() / name
+    if not path.is_dir():
+        pytest.skip(f"real dataset {name!r} not found at {path} (set TRANSFERKIT_DATASETS to its parent folder)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolate_user_paths(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Caches and default run folders never touch the user's home during tests."""
+    monkeypatch.setenv("TRANSFERKIT_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
+def make_image_folder(root: Path, classes: dict[str, int], size: int = 40, seed: int = 0) -> Path:
+    """Class i gets a distinct dominant colour plus noise, so a tiny model can learn it."""
+    rng = np.random.default_rng(seed)
+    palette = [(220, 40, 40), (40, 200, 60), (50, 70, 220), (230, 200, 40), (150, 60, 200), (40, 200, 200)]
+    for i, (name, count) in enumerate(classes.items()):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for j in range(count):
+            base = np.array(palette[i % len(palette)], dtype=np.float32)
+            pixels = np.clip(base + rng.normal(0, 30, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{name}_{j:03d}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture
+def tiny_folder(tmp_path: Path) -> Path:
+    """A flat folder: 3 classes x 12 images."""
+    return make_image_folder(tmp_path / "data", {"red": 12, "green": 12, "blue": 12})
+
+
+@pytest.fixture
+def tiny_split_folder(tmp_path: Path) -> Path:
+    """train/ and val/ with 2 classes."""
+    make_image_folder(tmp_path / "split" / "train", {"a": 10, "b": 10}, seed=1)
+    make_image_folder(tmp_path / "split" / "val", {"a": 4, "b": 4}, seed=2)
+    return tmp_path / "split"
+
+
+TINY = dict(backbone="efficientnet_lite0", input_size=32, batch_size=8, workers=0, quiet=True)
