@@ -64,7 +64,13 @@ def test_basic_scan_labels_sorted_like_imagefolder(tmp_path: Path) -> None:
 
 def test_hidden_and_system_files_are_listed_as_skipped(tmp_path: Path) -> None:
     root = make_dataset(tmp_path / "data", {"cat": 1, "dog": 1})
-    for junk in ("cat/Thumbs.db", "cat/.DS_Store", "dog/desktop.ini", "dog/._img0.jpg", ".DS_Store"):
+    for junk in (
+        "cat/Thumbs.db",
+        "cat/.DS_Store",
+        "dog/desktop.ini",
+        "dog/._img0.jpg",
+        ".DS_Store",
+    ):
         (root / junk).write_bytes(b"junk")
     (root / "cat" / ".hidden.jpg").write_bytes(b"x")
     write_image(root / "cat" / ".cache" / "thumb.jpg")
@@ -297,7 +303,7 @@ def test_validate_moves_unreadable_to_skipped(tmp_path: Path, workers: int, pool
 def test_validate_refuses_class_with_no_readable_images(tmp_path: Path) -> None:
     root = make_dataset(tmp_path / "data", {"cat": 1, "dog": 0})
     (root / "dog" / "bad.jpg").write_text("not a jpeg")
-    with pytest.raises(DataError, match="'dog'.*no readable images"):
+    with pytest.raises(DataError, match=r"'dog'.*no readable images"):
         validate(scan_class_folder(root), workers=1)
 
 

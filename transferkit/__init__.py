@@ -10,6 +10,8 @@ Public API (the CLI wraps exactly these)::
 """
 
 from transferkit.api import build_config, evaluate, load_run, predict, resume, train
+from transferkit.compare import compare
+from transferkit.strategy.recommend import recommend
 from transferkit.errors import (
     CheckpointError,
     ConfigError,
@@ -23,6 +25,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "train",
+    "compare",
+    "recommend",
     "resume",
     "evaluate",
     "predict",

@@ -59,7 +59,16 @@ _JPEG_FORMATS: Final[frozenset[str]] = frozenset({"JPEG", "MPO"})
 # IMAGE_EXTENSIONS (content decides, so a PNG named .jpg still works). This
 # keeps rarely used parsers (and EPS, which shells out to Ghostscript) away
 # from untrusted data.
-_ALLOWED_FORMATS: Final[tuple[str, ...]] = ("JPEG", "PNG", "BMP", "DIB", "GIF", "WEBP", "TIFF", "PPM")
+_ALLOWED_FORMATS: Final[tuple[str, ...]] = (
+    "JPEG",
+    "PNG",
+    "BMP",
+    "DIB",
+    "GIF",
+    "WEBP",
+    "TIFF",
+    "PPM",
+)
 _BOMB_PIXELS_RE: Final = re.compile(r"\((\d+) pixels\)")
 _SIXTEEN_BIT_MODES: Final[frozenset[str]] = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 _ALPHA_MODES: Final[frozenset[str]] = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
@@ -118,6 +127,30 @@ def load_rgb(path: str | os.PathLike[str], draft_size: int | None = None) -> Ima
         ImageDecodeError: (a ``DataError``) for any file that cannot be used;
             its message names the file and the reason.
     """
+    return _decode_or_raise(path, draft_size)
+
+
+def check_image(path: str | os.PathLike[str], draft_size: int | None = None) -> str | None:
+    """Validate an image file by decoding it completely.
+
+    Args:
+        path: Image file to check.
+        draft_size: As for :func:`load_rgb` (makes checking JPEGs faster;
+            truncation is still detected because libjpeg reads all data).
+
+    Returns:
+        ``None`` if :func:`load_rgb` would succeed, else the reason string
+        (e.g. ``"empty file (0 bytes)"``).
+    """
+    try:
+        _decode_or_raise(path, draft_size)
+    except ImageDecodeError as exc:
+        return exc.reason
+    return None
+
+
+def _decode_or_raise(path: str | os.PathLike[str], draft_size: int | None) -> Image.Image:
+    """load_rgb's body: turn every failure into an ImageDecodeError."""
     if draft_size is not None and draft_size < 1:
         raise ImageDecodeError(path, f"draft_size must be a positive integer, got {draft_size}")
     try:
@@ -130,31 +163,16 @@ def load_rgb(path: str | os.PathLike[str], draft_size: int | None = None) -> Ima
         raise ImageDecodeError(path, "out of memory while decoding (image too large?)") from None
     except _CORRUPT_ERRORS as exc:
         raise ImageDecodeError(path, _corrupt_reason(exc)) from None
-    except Exception as exc:  # noqa: BLE001 - the contract is: DataError or an image
+    except Exception as exc:  # noqa: BLE001 - contract: an image or DataError
         raise ImageDecodeError(path, _corrupt_reason(exc)) from None
 
 
-def check_image(path: str | os.PathLike[str], draft_size: int | None = None) -> str | None:
-    """Validate an image file by decoding it completely.
-
-    Args:
-        path: Image file to check.
-        draft_size: Passed to :func:`load_rgb` (makes checking JPEGs faster;
-            truncation is still detected because libjpeg reads all data).
-
-    Returns:
-        ``None`` if :func:`load_rgb` would succeed, else the reason string
-        (e.g. ``"empty file (0 bytes)"``).
-    """
-    try:
-        load_rgb(path, draft_size)
-    except ImageDecodeError as exc:
-        return exc.reason
-    return None
-
-
 def _load_rgb(path: str | os.PathLike[str], draft_size: int | None) -> Image.Image:
-    """Open, check, decode and convert; may raise anything (see load_rgb)."""
+    """Open, check, decode and convert; may raise anything (see load_rgb).
+
+    Leaving the ``with`` block closes only the file object (multi-frame
+    formats keep it open after load()); the decoded pixels stay usable.
+    """
     _check_file(path)
     try:
         img = Image.open(path, formats=_ALLOWED_FORMATS)
@@ -166,10 +184,7 @@ def _load_rgb(path: str | os.PathLike[str], draft_size: int | None) -> Image.Ima
             img.draft("RGB", (draft_size, draft_size))
         img.load()
         _apply_exif_orientation(path, img)
-        rgb = _to_rgb(img)
-    if rgb is img:
-        rgb = img.copy()  # detach from the (now closed) file object
-    return rgb
+        return _to_rgb(img)
 
 
 def _check_file(path: str | os.PathLike[str]) -> None:

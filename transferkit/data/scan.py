@@ -48,8 +48,15 @@ SYSTEM_FILES: Final[frozenset[str]] = frozenset(
     {"thumbs.db", "ehthumbs.db", "desktop.ini", ".ds_store", "icon\r", ".directory"}
 )
 SYSTEM_DIRS: Final[frozenset[str]] = frozenset(
-    {"__macosx", "$recycle.bin", "system volume information", ".trashes", ".spotlight-v100",
-     ".fseventsd", "@eadir"}
+    {
+        "__macosx",
+        "$recycle.bin",
+        "system volume information",
+        ".trashes",
+        ".spotlight-v100",
+        ".fseventsd",
+        "@eadir",
+    }
 )
 VAL_NAMES: Final[tuple[str, ...]] = ("val", "valid", "validation")
 
@@ -158,9 +165,7 @@ class _Walker:
         """Yield paths of candidate files under ``top`` (sorted, recursive)."""
         if top not in self.usable:
             return
-        for dirpath, dirnames, filenames in os.walk(
-            top, onerror=self._on_error, followlinks=True
-        ):
+        for dirpath, dirnames, filenames in os.walk(top, onerror=self._on_error, followlinks=True):
             self._prune(dirpath, dirnames)
             for name in sorted(filenames):
                 path = os.path.join(dirpath, name)
@@ -242,8 +247,9 @@ def _refuse_empty(root: str, counts: dict[str, int], skipped: list[tuple[str, st
     """Refuse a dataset with no images, or with a class folder that has none."""
     if not any(counts.values()):
         raise DataError(
-            f"no images found in {root!r} ({len(skipped)} files or folders skipped{_example(skipped)}); "
-            f"add images with one of the extensions {' '.join(sorted(IMAGE_EXTENSIONS))}"
+            f"no images found in {root!r} ({len(skipped)} files or folders skipped"
+            f"{_example(skipped)}); add images with one of the extensions "
+            f"{' '.join(sorted(IMAGE_EXTENSIONS))}"
         )
     empty = [name for name, count in counts.items() if count == 0]
     if empty:
@@ -365,12 +371,11 @@ def _split_dirs(root: str) -> dict[str, str]:
         names = {e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=True)}
     except OSError:
         return {}
-    splits = {n: n for n in ("train", "test") if n in names}
+    splits: dict[str, str] = {n: n for n in ("train", "test") if n in names}
     vals = [n for n in VAL_NAMES if n in names]
     if len(vals) > 1:
         raise DataError(
-            f"{root!r} has several validation folders {vals}; keep exactly one of "
-            f"{list(VAL_NAMES)}"
+            f"{root!r} has several validation folders {vals}; keep exactly one of {list(VAL_NAMES)}"
         )
     if vals:
         splits["val"] = vals[0]
@@ -430,7 +435,8 @@ def scan_dataset(root: str | os.PathLike[str]) -> dict[str, ScanResult]:
         if "train" in found:
             logger.warning(
                 "%s has a train/ folder but no usable val/ split; scanning it as a flat "
-                "class-folder dataset (so 'train' is a class name)", root_str
+                "class-folder dataset (so 'train' is a class name)",
+                root_str,
             )
         return {"all": scan_class_folder(root_str)}
     splits = _split_dirs(root_str)

@@ -1,0 +1,205 @@
+"""The recommender: measure the dataset and its distance from the pretraining domain, then apply the
+seeds' decision table (by images per class and domain similarity) to choose strategy, rates and epochs.
+
+Domain distance = BatchNorm statistics shift. Every BatchNorm layer of the pretrained backbone stores
+the mean and variance its input had on ImageNet. We push a small, class-balanced subset of the user's
+images through the frozen backbone and compare, channel by channel, the statistics the layer now sees
+with the stored ones (symmetric KL divergence between the two Gaussians, averaged over channels, median
+over layers). Natural photos land close to ImageNet; grayscale textures, X-rays or digits land far.
+It costs one forward pass of ~64 images, needs no labels, and measures exactly what breaks first
+under domain shift (see AdaBN, Li et al. 2016). As a second, label-aware signal we report the
+leave-one-out 1-NN accuracy of the frozen features on the same subset: how separable the classes
+already are without any training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from transferkit.config import DataCfg, RunCfg
+from transferkit.data.datasets import ImageDataset, make_loader, prepare_data
+from transferkit.data.transforms import eval_transform, resize_size
+from transferkit.models.backbones import build_backbone, resolve_spec
+from transferkit.models.transfer import BN_TYPES
+
+__all__ = ["Recommendation", "recommend", "resolve_auto", "bn_shift", "FAR_DOMAIN_SHIFT"]
+
+# Threshold on the BN shift (median over layers of the channel-mean symmetric KL). Measured with
+# efficientnet_lite0 at 224 px on 64-image probes of the shared datasets (benchmarks/recommend_probe.py;
+# results in benchmarks/results/recommend.json): hymenoptera 0.046, flowers 0.039 (natural photos); mnist-m 0.45,
+# mnist 0.90, neu_surface_defects 1.07 (far). 0.25 sits between the two families with margin.
+FAR_DOMAIN_SHIFT = 0.25
+# The seeds' decision table, images per class.
+SMALL_PER_CLASS = 1000
+LARGE_PER_CLASS = 10000
+
+
+@dataclass
+class Recommendation:
+    strategy: str
+    settings: dict[str, Any]  # flat keys for transferkit.train (lr, epochs, unfreeze, layer_decay ...)
+    reasons: list[str]
+    measurements: dict[str, Any]
+
+    def explain(self) -> str:
+        m = self.measurements
+        lines = [
+            f"dataset: {m['n_train']} training images, {m['n_classes']} classes, "
+            f"{m['min_per_class']}-{m['max_per_class']} per class (imbalance {m['imbalance']:.1f}x)",
+            f"domain distance (BatchNorm statistics shift vs ImageNet): {m['bn_shift']:.2f} "
+            f"({'far' if m['far_domain'] else 'near'}; far above {FAR_DOMAIN_SHIFT})",
+            f"frozen-feature 1-NN accuracy on {m['probe_images']} images: {m['knn_accuracy']:.2f}",
+            f"recommended: {self.strategy} " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in self.settings.items()),
+        ]
+        return "\n".join(lines + [f"  because {r}" for r in self.reasons])
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _gaussian_sym_kl(mu1: torch.Tensor, var1: torch.Tensor, mu2: torch.Tensor, var2: torch.Tensor) -> torch.Tensor:
+    var1, var2 = var1.clamp_min(1e-5), var2.clamp_min(1e-5)
+    kl12 = 0.5 * (var1 / var2 + (mu1 - mu2) ** 2 / var2 - 1 + torch.log(var2 / var1))
+    kl21 = 0.5 * (var2 / var1 + (mu1 - mu2) ** 2 / var1 - 1 + torch.log(var1 / var2))
+    return 0.5 * (kl12 + kl21)
+
+
+@torch.inference_mode()
+def bn_shift(backbone: nn.Module, images: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """(median over BN layers of the mean channel-wise symmetric KL, pooled features)."""
+    shifts: list[float] = []
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        x = inputs[0].float()
+        dims = [0, 2, 3] if x.ndim == 4 else [0]
+        mu, var = x.mean(dims), x.var(dims, unbiased=False)
+        shifts.append(float(_gaussian_sym_kl(mu, var, module.running_mean, module.running_var).mean()))
+
+    handles = [m.register_forward_pre_hook(hook) for m in backbone.modules() if isinstance(m, BN_TYPES)]
+    try:
+        backbone.eval()
+        features = backbone(images)
+    finally:
+        for h in handles:
+            h.remove()
+    shifts.sort()
+    return (shifts[len(shifts) // 2] if shifts else 0.0), features
+
+
+def _knn_accuracy(features: torch.Tensor, labels: torch.Tensor) -> float:
+    """Leave-one-out 1-nearest-neighbour accuracy with cosine similarity."""
+    if len(labels) < 2:
+        return float("nan")
+    f = torch.nn.functional.normalize(features.float(), dim=1)
+    sim = f @ f.T
+    sim.fill_diagonal_(-2.0)
+    return float((labels[sim.argmax(dim=1)] == labels).float().mean())
+
+
+def _probe_subset(samples: list, per_class: int, seed: int) -> list:
+    by_class: dict[int, list] = {}
+    for s in samples:
+        by_class.setdefault(s.label, []).append(s)
+    rng = random.Random(seed)
+    chosen = []
+    for label in sorted(by_class):
+        items = sorted(by_class[label], key=lambda s: s.path)
+        rng.shuffle(items)
+        chosen.extend(items[:per_class])
+    return chosen
+
+
+def measure(data: DataCfg, backbone: str = "efficientnet_lite0", weights: str | None = None,
+            probe_images: int = 64, input_size: int | None = None) -> dict[str, Any]:
+    """Dataset size/balance, BN-statistics shift and frozen 1-NN accuracy on a small probe subset."""
+    spec = resolve_spec(backbone, weights).with_input_size(input_size)
+    splits = prepare_data(dataclasses.replace(data, validate=False), draft_size=resize_size(spec))
+    counts = Counter(s.label for s in splits.train)
+    per_class = max(2, math.ceil(probe_images / len(splits.classes)))
+    subset = _probe_subset(splits.train, per_class, seed=0)
+    loader = make_loader(ImageDataset(subset, eval_transform(spec), resize_size(spec)), len(subset), False, 0, workers=0)
+    batch = next(iter(loader))
+    model = build_backbone(spec, weights=weights)
+    shift, features = bn_shift(model, batch["images"])
+    return {
+        "backbone": backbone,
+        "n_train": len(splits.train),
+        "n_classes": len(splits.classes),
+        "min_per_class": min(counts.values()),
+        "max_per_class": max(counts.values()),
+        "median_per_class": sorted(counts.values())[len(counts) // 2],
+        "imbalance": max(counts.values()) / max(1, min(counts.values())),
+        "bn_shift": shift,
+        "far_domain": shift > FAR_DOMAIN_SHIFT,
+        "knn_accuracy": _knn_accuracy(features, batch["labels"]),
+        "probe_images": int(batch["labels"].numel()),
+    }
+
+
+def decide(m: dict[str, Any]) -> Recommendation:
+    """The seeds' decision table, applied to the measurements."""
+    per_class = m["median_per_class"]
+    size_text = f"the median class has {per_class} training images"
+    if m["far_domain"]:
+        return Recommendation(
+            "finetune",
+            {"epochs": 15 if per_class < SMALL_PER_CLASS else 10, "lr": 1e-3, "layer_decay": 0.7, "bn": "train",
+             "augment": "light"},
+            [f"the images are far from ImageNet (BatchNorm shift {m['bn_shift']:.2f} > {FAR_DOMAIN_SHIFT}): "
+             "frozen features and statistics do not fit, so every layer must adapt",
+             "seeds' table, 'any size, very different domain': fine-tune all layers with augmentation and "
+             "smaller rates deeper down (layer decay 0.7: the stem learns ~100x slower than the head)",
+             "BatchNorm in train mode so its statistics move to the new domain"],
+            m,
+        )
+    if per_class < SMALL_PER_CLASS:
+        return Recommendation(
+            "feature-extraction",
+            {"epochs": 20, "lr": 1e-3},
+            [f"the images look like ImageNet photos (BatchNorm shift {m['bn_shift']:.2f} <= {FAR_DOMAIN_SHIFT})",
+             f"{size_text} (< {SMALL_PER_CLASS}): too few to adapt the backbone safely; seeds' table says "
+             "feature extraction with a 1e-3 head (embeddings are cached, so this is fast)"],
+            m,
+        )
+    if per_class < LARGE_PER_CLASS:
+        return Recommendation(
+            "partial",
+            {"epochs": 10, "lr": 1e-3, "unfreeze": 2, "backbone_lr_scale": 0.1},
+            [f"near domain, {size_text} ({SMALL_PER_CLASS}-{LARGE_PER_CLASS}): seeds' table says fine-tune the "
+             "last 1-2 layer groups at 1e-4 with a 1e-3 head"],
+            m,
+        )
+    return Recommendation(
+        "lp-ft",
+        {"epochs": 10, "lr": 1e-3, "warmup_epochs": 2, "backbone_lr_scale": 0.1},
+        [f"near domain, {size_text} (> {LARGE_PER_CLASS}): enough data to fine-tune all layers; "
+         "warm the head up for 2 epochs first so its random gradients do not disturb the backbone"],
+        m,
+    )
+
+
+def recommend(data: str, backbone: str = "efficientnet_lite0", weights: str | None = None,
+              input_size: int | None = None) -> Recommendation:
+    """Measure ``data`` and return the recommended strategy with its reasons."""
+    return decide(measure(DataCfg(path=str(data)), backbone, weights, input_size=input_size))
+
+
+def resolve_auto(cfg: RunCfg, quiet: bool = False) -> RunCfg:
+    """Replace strategy 'auto' by the recommendation (explicit user settings are kept only for data/engine)."""
+    from transferkit.api import FLAT_KEYS
+    from transferkit.config import apply_overrides, config_from_dict, config_to_dict
+
+    rec = decide(measure(cfg.data, cfg.model.backbone, cfg.model.weights, input_size=cfg.model.input_size))
+    if not quiet:
+        print(rec.explain())
+    dotted = {FLAT_KEYS[k]: v for k, v in rec.settings.items()}
+    dotted["strategy.name"] = rec.strategy
+    return config_from_dict(apply_overrides(config_to_dict(cfg), dotted))
