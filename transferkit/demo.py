@@ -23,7 +23,7 @@ def write_digits(folder: str | Path) -> Path:
 
     root = Path(folder)
     digits = load_digits()
-    marker = root / ".complete"
+    marker = root.parent / f".{root.name}-complete"  # outside the data folder: not a skipped file
     if marker.exists():
         return root
     for i, (image, label) in enumerate(zip(digits.images, digits.target)):
