@@ -22,9 +22,11 @@ demo: setup
 	$(VENV)/bin/transferkit demo
 
 test: setup
+	sh scripts/install-chromium.sh
 	$(PY) -m pytest -q -m "not slow"
 
 test-all: setup
+	sh scripts/install-chromium.sh
 	$(PY) -m pytest -q
 
 bench-accuracy: setup

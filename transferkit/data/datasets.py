@@ -79,7 +79,7 @@ def stratified_split(samples: Sequence[Sample], val_fraction: float, seed: int) 
 
 def prepare_data(cfg: DataCfg, draft_size: int | None = None) -> DataSplits:
     """Scan, validate (decode each file once) and split the folder ``cfg.path``."""
-    scans = scan_dataset(cfg.path)
+    scans = scan_dataset(os.path.abspath(cfg.path))  # absolute paths: reports and predictions work from anywhere
     if cfg.validate:
         scans = {name: validate(scan, workers=max(1, os.cpu_count() or 1), draft_size=draft_size) for name, scan in scans.items()}
     skipped = [item for scan in scans.values() for item in scan.skipped]
@@ -123,7 +123,8 @@ class ImageDataset(Dataset):
         try:
             image = load_rgb(sample.path, draft_size=self.draft_size)
         except DataError as exc:
-            return None, sample.label, index, str(exc)
+            # the reason alone (the path is reported next to it), as validate() records it
+            return None, sample.label, index, getattr(exc, "reason", None) or str(exc)
         return self.transform(image), sample.label, index, None
 
 

@@ -1,0 +1,238 @@
+"""``report.html`` for a run folder and ``evaluation.html`` for an evaluation: one self-contained page each."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from transferkit.fileio import write_text
+from transferkit.models.backbones import BackboneSpec
+from transferkit.report import plots
+from transferkit.report.html import Section, cards, esc, fmt_num, footer_text, img, kv_table, note, page, table
+from transferkit.report.sections import (
+    Evidence,
+    calibration_section,
+    confusion_section,
+    gallery_section,
+    guarded,
+    observations,
+    observations_html,
+    per_class_section,
+    roc_section,
+    skipped_section,
+)
+
+__all__ = ["build_run_report", "build_evaluation_report", "REPORT_FILE", "EVALUATION_REPORT_FILE"]
+
+log = logging.getLogger(__name__)
+REPORT_FILE = "report.html"
+EVALUATION_REPORT_FILE = "evaluation.html"
+METRIC_NAMES = [("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("macro_f1", "macro F1"),
+                ("roc_auc", "ROC AUC"), ("nll", "NLL")]
+
+
+def _read_json(path: Path, default: Any = None) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return default
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    rows = []
+    for line in lines:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue  # a torn last line must not hide the others
+    return rows
+
+
+def _model_and_spec(run_dir: Path, model: Any) -> tuple[Any, BackboneSpec | None, str]:
+    """The model to explain (given, else loaded from the run folder) and its spec; or a note why not."""
+    from transferkit.errors import TransferKitError
+
+    if model is not None:
+        return model, getattr(model, "spec", None), ""
+    try:
+        from transferkit.export.runfiles import load_run
+
+        loaded = load_run(run_dir)
+        return loaded.model, loaded.spec, ""
+    except TransferKitError as exc:
+        raw = _read_json(run_dir / "backbone.json")
+        return None, BackboneSpec.from_dict(raw) if raw else None, f"the model could not be loaded ({exc})"
+
+
+def _duration(seconds: Any) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "–"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
+def _metrics_table(rows: Sequence[tuple[str, Mapping[str, Any] | None]], ece: Mapping[str, Any] | None = None) -> str:
+    ece = ece or {}
+    headers = ["split"] + [label for _, label in METRIC_NAMES] + ["ECE"]
+    body = [[name] + [fmt_num((m or {}).get(k)) for k, _ in METRIC_NAMES] + [fmt_num(ece.get(name))] for name, m in rows if m]
+    return table(headers, body, numeric=tuple(range(1, len(headers))))
+
+
+def _headline(metrics: Mapping[str, Any]) -> str:
+    return cards([(label, fmt_num(metrics.get(key))) for key, label in METRIC_NAMES[:4]])
+
+
+def _summary_section(run_dir: Path, summary: Mapping[str, Any], spec: BackboneSpec | None, details: Mapping[str, Any] | None,
+                     plan: Mapping[str, Any], config: Mapping[str, Any], ev: Evidence, rows: list[dict[str, Any]]) -> str:
+    data = summary.get("data") or {}
+    params = summary.get("params") or {}
+    trainable, total = params.get("trainable"), params.get("total")
+    fraction = f"{trainable:,} of {total:,} ({100 * trainable / total:.2f} %)" if trainable is not None and total else "–"
+    planned = ((config.get("engine") or {}).get("epochs"))
+    pairs = [
+        ("backbone", f"{summary.get('backbone', '–')}" + (f" — {spec.description} (input {spec.input_size} px)" if spec else "")),
+        ("strategy", f"{summary.get('strategy', '–')} (BatchNorm {plan.get('bn', '–')})"),
+        ("data", f"{data.get('root', '–')} ({data.get('layout', '?')} layout)"),
+        ("images", f"{data.get('n_train', '–')} train, {data.get('n_val', '–')} validation, {data.get('n_test', 0)} test"),
+        ("classes", ", ".join(data.get("classes") or ev.classes)),
+        ("trainable parameters", fraction),
+        ("epochs", f"{summary.get('epochs_run', '–')} of {planned or '–'}, best epoch {summary.get('best_epoch', '–')}"
+                   + (" (interrupted)" if summary.get("interrupted") else "")),
+        ("training time", f"{_duration(summary.get('time_s'))} on {summary.get('device', '?')}"),
+        ("run folder", str(run_dir.resolve())),
+    ]
+    metrics = (details or {}).get("metrics") or summary.get("metrics") or {}
+    ece = {"validation": ((details or {}).get("calibration") or {}).get("ece")}
+    parts = [_headline(metrics), kv_table(pairs),
+             _metrics_table([("validation", metrics), ("test", summary.get("test_metrics"))], ece),
+             observations_html(observations(ev, rows))]
+    if summary.get("interrupted"):
+        parts.insert(0, note("This run was interrupted; the report shows the best epoch reached.", "warn"))
+    return "".join(parts)
+
+
+def _curves_section(rows: list[dict[str, Any]], best_epoch: Any, plan: Mapping[str, Any]) -> str:
+    if not rows:
+        return note("No learning curves: metrics.jsonl is missing or empty.")
+    text = ("Training loss includes label smoothing and is measured on augmented images while the weights change, "
+            "so it is not directly comparable with the validation NLL. The dotted line marks the epoch whose weights were kept.")
+    parts = [img(plots.learning_curves(rows, best_epoch if isinstance(best_epoch, int) else None), "learning curves", text)]
+    chart = plots.plan_chart(plan)
+    if chart:
+        parts.append(img(chart, "training plan", "Which layer groups the strategy trained in each epoch, as a multiple of the head's learning rate."))
+    return "".join(parts)
+
+
+def _filters_section(model: Any, spec: BackboneSpec | None, config: Mapping[str, Any]) -> str:
+    from transferkit.report.filters import filters_figure, first_layer_filters
+
+    if model is None or spec is None:
+        return note("No filters: the model could not be loaded.")
+    first = first_layer_filters(model, spec, dict(config))
+    if first is None:
+        return note("This backbone has no plain RGB convolution to show.")
+    change = first.relative_change
+    text = ("The first layer's filters, each drawn as a small RGB patch (grey is zero weight). Pretrained "
+            "networks learn edge, colour and texture detectors here; fine-tuning usually changes them only a little. ")
+    if change is not None:
+        text += f"Relative change of the layer's weights: {change:.2%}" + (" (the layer was frozen)." if change == 0 else ".")
+    elif first.note:
+        text += first.note + "."
+    return img(filters_figure(first), "first-layer filters", text)
+
+
+def _config_section(run_dir: Path) -> str:
+    try:
+        text = (run_dir / "config.yaml").read_text(encoding="utf-8")
+    except OSError:
+        return note("config.yaml is missing.")
+    return f"<p>The resolved configuration (defaults filled in); <code>transferkit train --config</code> accepts it as is.</p><pre>{esc(text)}</pre>"
+
+
+def build_run_report(run_dir: str | Path, model: Any = None) -> Path:
+    """Write ``report.html`` into a finished run folder and return its path.
+
+    Args:
+        run_dir: the run folder (summary.json, metrics.jsonl, val_metrics.json, val_predictions.json ...).
+        model: the trained model already in memory (the trainer passes it); loaded from the folder if None.
+    """
+    run = Path(run_dir)
+    summary = _read_json(run / "summary.json", {}) or {}
+    details = _read_json(run / "val_metrics.json")
+    config = {}
+    try:
+        config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        pass
+    plan = _read_json(run / "plan.json", {}) or {}
+    rows = _read_jsonl(run / "metrics.jsonl")
+    classes = _read_json(run / "classes.json") or (details or {}).get("classes") or []
+    model, spec, why = _model_and_spec(run, model)
+    ev = Evidence(classes, details, _read_json(run / "val_predictions.json", []) or [],
+                  _read_json(run / "skipped.json", summary.get("skipped_files", [])) or [], model, spec, why)
+    sections = [
+        guarded("summary", "Summary", lambda: _summary_section(run, summary, spec, details, plan, config, ev, rows)),
+        guarded("curves", "Learning curves", lambda: _curves_section(rows, summary.get("best_epoch"), plan)),
+        *_metric_sections(ev),
+        guarded("filters", "What the network learned", lambda: _filters_section(model, spec, config)),
+        guarded("skipped", "Skipped files", lambda: skipped_section(ev.skipped)),
+        guarded("config", "Configuration", lambda: _config_section(run)),
+    ]
+    title = f"{summary.get('backbone', 'model')} · {summary.get('strategy', 'run')} · {Path(str((summary.get('data') or {}).get('root', run.name))).name}"
+    subtitle = "Validation results of the kept (best) epoch. Everything on this page is computed on the validation split."
+    target = run / REPORT_FILE
+    write_text(target, page(title, subtitle, sections, footer_text()))
+    return target
+
+
+def _metric_sections(ev: Evidence) -> list[Section]:
+    return [
+        guarded("confusion", "Confusion matrix", lambda: confusion_section(ev)),
+        guarded("per-class", "Per-class precision, recall and F1", lambda: per_class_section(ev)),
+        guarded("roc", "ROC curve", lambda: roc_section(ev)),
+        guarded("calibration", "Calibration", lambda: calibration_section(ev)),
+        guarded("gallery", "Mistakes and doubtful cases, with Grad-CAM", lambda: gallery_section(ev)),
+    ]
+
+
+def build_evaluation_report(
+    out_dir: str | Path, report: Mapping[str, Any], predictions: Sequence[Mapping[str, Any]], run: Any = None
+) -> Path:
+    """Write ``evaluation.html`` next to ``evaluation.json`` and return its path.
+
+    Args:
+        out_dir: where evaluate() wrote evaluation.json.
+        report: the dict evaluate() returns (detailed_metrics + data + skipped_files).
+        predictions: one row per evaluated image: {"path", "label" (class index), "probs"}.
+        run: the LoadedRun that was evaluated (for Grad-CAM and the backbone); None leaves Grad-CAM out.
+    """
+    out = Path(out_dir)
+    classes = list(report.get("classes") or (run.classes if run is not None else []))
+    model, spec = (run.model, run.spec) if run is not None else (None, None)
+    ev = Evidence(classes, report, list(predictions), list(report.get("skipped_files") or []), model, spec,
+                  "" if run is not None else "no model was given to the report")
+    run_path = Path(run.path).resolve() if run is not None else None
+
+    def summary() -> str:
+        pairs = [("model", str(run_path) if run_path else "–"), ("data", str(report.get("data", "–"))),
+                 ("images", fmt_num(report.get("n"))), ("classes", ", ".join(classes))]
+        if spec is not None:
+            pairs.insert(1, ("backbone", f"{spec.name} — {spec.description}"))
+        ece = {"evaluation": (report.get("calibration") or {}).get("ece")}
+        return (_headline(report.get("metrics") or {}) + kv_table(pairs)
+                + _metrics_table([("evaluation", report.get("metrics"))], ece) + observations_html(observations(ev)))
+
+    sections = [guarded("summary", "Summary", summary), *_metric_sections(ev),
+                guarded("skipped", "Skipped files", lambda: skipped_section(ev.skipped))]
+    title = f"Evaluation of {run_path.name if run_path else 'a model'} on {Path(str(report.get('data', ''))).name or 'data'}"
+    target = out / EVALUATION_REPORT_FILE
+    write_text(target, page(title, "Results on the evaluation folder.", sections, footer_text()))
+    return target
