@@ -15,9 +15,10 @@ from typing import Any, Iterable, Mapping, Sequence
 from transferkit.config import RunCfg, apply_overrides, config_from_dict, load_config
 from transferkit.data.datasets import ImageDataset, make_loader
 from transferkit.data.decode import IMAGE_EXTENSIONS
-from transferkit.data.scan import Sample, scan_dataset, validate
+from transferkit.data.scan import Sample, ScanResult, detect_layout, scan_class_folder, scan_dataset, validate
 from transferkit.data.transforms import eval_transform, resize_size
 from transferkit.engine.loop import pick_device, predict_loader
+from transferkit.engine.oom import oom_guard
 from transferkit.engine.trainer import RunResult, Trainer
 from transferkit.errors import ConfigError, DataError
 from transferkit.export.runfiles import LoadedRun, load_run
@@ -111,20 +112,28 @@ def resume(run_dir: str | os.PathLike, quiet: bool = False) -> RunResult:
     return Trainer.resume(run_dir, quiet=quiet).fit()
 
 
+def _evaluation_scan(data: str | os.PathLike, classes: list[str]) -> ScanResult:
+    """The scan of an evaluation folder: a flat folder uses the model's classes as its label space.
+
+    So a folder holding only some of the model's classes (even one) can be evaluated; a folder that
+    is not one of the model's classes is refused by the scan, naming it.
+    """
+    if detect_layout(data) == "flat":
+        return scan_class_folder(data, classes=list(classes))
+    scans = scan_dataset(data)
+    return scans["test"] if "test" in scans else scans["val"]
+
+
 def _labelled_samples(run: LoadedRun, data: str | os.PathLike) -> tuple[list[Sample], list[tuple[str, str]]]:
     """Samples of an evaluation folder, labelled with the run's class indices (by class name)."""
-    scans = scan_dataset(data)
-    name = "all" if "all" in scans else ("test" if "test" in scans else "val")
-    try:
-        scan = validate(scans[name], workers=max(1, os.cpu_count() or 1), draft_size=resize_size(run.spec))
-    except KeyError:
-        raise DataError(f"{data}: no evaluation images found") from None
+    scan = _evaluation_scan(data, run.classes)
     unknown = sorted(set(scan.classes) - set(run.classes))
     if unknown:
         raise DataError(
             f"{data}: class folder(s) {', '.join(unknown)} are not classes of the model ({', '.join(run.classes)}); "
             "evaluate on a folder whose sub-folders are the model's classes"
         )
+    scan = validate(scan, workers=max(1, os.cpu_count() or 1), draft_size=resize_size(run.spec))
     remap = {i: run.classes.index(c) for i, c in enumerate(scan.classes)}
     samples = [Sample(s.path, remap[s.label]) for s in scan.samples]
     return samples, list(scan.skipped)
@@ -136,7 +145,12 @@ def evaluate(
     """Metrics of a trained run on a labelled folder (whole folder, or its test/ else val/ split).
 
     Writes ``evaluation.json`` into ``out`` (default: the run folder) and returns the same dict:
-    summary metrics, per-class precision/recall/F1, confusion matrix, calibration, skipped files.
+    summary metrics, per-class precision/recall/F1, confusion matrix, calibration, and every file
+    that was not used with its reason (``skipped_files``).
+
+    Raises:
+        DataError: the folder cannot be used (no images, classes the model does not know ...).
+        CheckpointError: the run folder holds no loadable model.
     """
     loaded = run if isinstance(run, LoadedRun) else load_run(run)
     samples, skipped = _labelled_samples(loaded, data)
@@ -144,10 +158,14 @@ def evaluate(
     loaded.model.to(device)
     dataset = ImageDataset(samples, eval_transform(loaded.spec), resize_size(loaded.spec))
     failed: list[tuple[str, str]] = []
-    result = predict_loader(
-        loaded.model, make_loader(dataset, batch_size, False, 0), device,
-        on_failed=lambda items: failed.extend((dataset.samples[i].path, r) for i, r in items),
-    )
+    with oom_guard(batch_size, "evaluation"):
+        result = predict_loader(
+            loaded.model, make_loader(dataset, batch_size, False, 0), device,
+            on_failed=lambda items: failed.extend((dataset.samples[i].path, r) for i, r in items),
+        )
+    if len(result["labels"]) == 0:  # every file became unreadable after the scan checked it
+        example = f" (e.g. {failed[0][0]!r}: {failed[0][1]})" if failed else ""
+        raise DataError(f"{data}: none of the images could be read{example}; check the files")
     report = detailed_metrics(result["labels"], result["outputs"], loaded.classes)
     report["data"] = str(data)
     report["skipped_files"] = [{"path": p, "reason": r} for p, r in skipped + failed]
@@ -196,7 +214,8 @@ def predict(
         for j, reason in items:
             rows[keep[j]] = {"path": files[keep[j]], "error": reason}
 
-    result = predict_loader(loaded.model, make_loader(subset, batch_size, False, 0), device, on_failed=on_failed)
+    with oom_guard(batch_size, "prediction"):
+        result = predict_loader(loaded.model, make_loader(subset, batch_size, False, 0), device, on_failed=on_failed)
     for j, probs in zip(result["indices"], result["outputs"]):
         order = probs.argsort()[::-1][:k]
         rows[keep[int(j)]] = {

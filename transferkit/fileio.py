@@ -14,35 +14,74 @@ from transferkit.errors import CheckpointError
 
 __all__ = ["atomic_write", "write_json", "write_text", "append_jsonl"]
 
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _umask() -> int:
+    # mkstemp creates 0600 files; run folders are shared between people, so give the final file the
+    # mode a plain open() would have given it. Reading the umask means setting it, once, at import.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); a folder cannot be opened on Windows, so skip there."""
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems (e.g. certain network mounts) refuse fsync on folders
+        pass
+    finally:
+        os.close(fd)
+
+
+def _as_checkpoint_error(target: Path, exc: OSError) -> CheckpointError:
+    if exc.errno in _NO_SPACE:
+        return CheckpointError(
+            f"no space left on the device while writing {target}; the previous version was kept. "
+            "Free some disk space or choose another --out folder, then resume the run"
+        )
+    return CheckpointError(f"could not write {target}: {exc.strerror or exc}")
+
 
 @contextlib.contextmanager
 def atomic_write(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path in the same folder; on success fsync and rename it over ``path``.
 
     On any error the temporary file is removed and the previous ``path`` (if any) is left intact.
-    A full disk becomes a CheckpointError that names the file and the fix.
+    A full disk (while creating, writing, syncing or renaming) becomes a CheckpointError that names
+    the file and the fix; so does any other OSError.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+    except OSError as exc:  # no inode left, read-only folder ...: same clear error as a failed write
+        raise _as_checkpoint_error(target, exc) from None
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, _FILE_MODE)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise CheckpointError(
-                f"no space left on the device while writing {target}; the previous version was kept. "
-                "Free some disk space or choose another --out folder, then resume the run"
-            ) from None
-        raise CheckpointError(f"could not write {target}: {exc.strerror or exc}") from None
+        raise _as_checkpoint_error(target, exc) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _fsync_folder(target.parent)
 
 
 def _write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
@@ -51,10 +90,12 @@ def _write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
 
 
 def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
     _write_with(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_json(path: str | Path, data: Any) -> None:
+    """Write ``data`` as indented UTF-8 JSON to ``path`` atomically."""
     write_text(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
 

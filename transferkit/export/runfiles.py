@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from transferkit.errors import CheckpointError
+from transferkit.errors import CheckpointError, TransferKitError
 from transferkit.fileio import atomic_write, write_json
 from transferkit.models.backbones import BackboneSpec
 from transferkit.models.transfer import TransferModel, build_model
@@ -70,29 +70,41 @@ def load_run(run_dir: str | Path, weights_name: str = MODEL_FILE, device: str = 
             f"{run} has no {meta_path.name} + {weights_path.name}; was the run finished? "
             "(transferkit saves models only as safetensors + JSON; pickled .pt/.pth models are not loaded)"
         )
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        spec = BackboneSpec.from_dict(meta["backbone"])
-        classes, head = list(meta["classes"]), dict(meta["head"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{meta_path} is not a valid transferkit model description ({exc})") from None
+    meta, spec, classes, head = _read_meta(meta_path)
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(
             f"{weights_path} is not a valid safetensors file ({exc}); it may be damaged or not a transferkit model"
         ) from None
-    model = build_model(
-        spec,
-        len(classes),
-        head=head.get("kind", "linear"),
-        hidden=int(head.get("hidden", 512)),
-        dropout=float(head.get("dropout", 0.0)),
-        pretrained=False,
-    )
+    try:
+        model = build_model(
+            spec,
+            len(classes),
+            head=head.get("kind", "linear"),
+            hidden=int(head.get("hidden", 512)),
+            dropout=float(head.get("dropout", 0.0)),
+            pretrained=False,
+        )
+    except (TransferKitError, RuntimeError, ValueError, TypeError, KeyError) as exc:
+        # model.json travels with the weights: an unknown architecture or head is a bad file, not a bug
+        raise CheckpointError(f"{meta_path} describes a model that cannot be built ({exc})") from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{weights_path} does not match {meta_path.name}: {str(exc).splitlines()[0]}") from None
     model.eval().to(device)
     return LoadedRun(run, model, classes, spec, meta)
+
+
+def _read_meta(meta_path: Path) -> tuple[dict[str, Any], BackboneSpec, list[str], dict[str, Any]]:
+    """model.json -> (meta, spec, classes, head), checked enough that later code cannot trip on it."""
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        spec = BackboneSpec.from_dict(meta["backbone"])
+        classes, head = meta["classes"], dict(meta["head"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{meta_path} is not a valid transferkit model description ({exc})") from None
+    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
+        raise CheckpointError(f"{meta_path}: 'classes' must be a list of at least 2 class names")
+    return meta, spec, list(classes), head

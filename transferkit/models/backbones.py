@@ -199,16 +199,42 @@ def resolve_spec(name: str, weights: str | None = None) -> BackboneSpec:
     return _spec_from_timm(name, entry.arch, source, entry.description)
 
 
+def _looks_like_safetensors(path: Path) -> bool:
+    """safetensors starts with an 8-byte header length and then the JSON header's ``{``."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def _unpickle_detail(exc: Exception) -> str:
+    """The informative line of torch's weights-only refusal (its first line advises unsafe loading)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        if "GLOBAL" in line or line.startswith("Unsupported"):
+            return f"{line}; loading it could run code"
+    if lines and lines[0].startswith("Weights only load failed"):
+        return "it holds pickled objects other than tensors; loading it could run code"
+    return lines[0] if lines else type(exc).__name__
+
+
 def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a local weights file without ever unpickling arbitrary objects.
 
-    ``.safetensors`` is read with safetensors; anything else with ``torch.load(weights_only=True)``,
-    which refuses pickles that would construct objects other than tensors and plain containers.
+    A safetensors file (by suffix or by content) is read with safetensors; anything else with
+    ``torch.load(weights_only=True)``, which refuses pickles that would construct objects other than
+    tensors and plain containers (an explicit ``weights_only=True`` also wins over the
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` environment variable).
+
+    Raises:
+        CheckpointError: missing file, not a safetensors/weights-only file, or not a dict of tensors.
     """
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"weights file {p} does not exist; pass a .safetensors or state-dict file")
-    if p.suffix == ".safetensors":
+    if p.suffix.lower() == ".safetensors" or _looks_like_safetensors(p):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -219,17 +245,19 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         raw = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors come in many types; none may run code or escape raw
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"refused to load {p}: it is not a plain tensor state dict ({first}). "
+            f"refused to load {p}: it is not a plain tensor state dict ({_unpickle_detail(exc)}). "
             "Only safetensors files or weights-only state dicts are accepted; re-save the weights with "
             "safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')."
         ) from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(raw, dict) and isinstance(raw.get(key), dict):
             raw = raw[key]
-    if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
-        raise CheckpointError(f"weights file {p} does not hold a state dict of tensors")
+    if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in raw.items()):
+        raise CheckpointError(
+            f"weights file {p} does not hold a state dict of tensors (name -> tensor); "
+            "pass the backbone's state_dict saved with safetensors or torch.save"
+        )
     return raw
 
 
