@@ -171,6 +171,11 @@ def evaluate(
     report["skipped_files"] = [{"path": p, "reason": r} for p, r in skipped + failed]
     target = Path(out) if out else loaded.path
     write_json(target / "evaluation.json", report)
+    rows = [{"path": dataset.samples[int(i)].path, "label": int(y), "probs": [round(float(p), 6) for p in pr]}
+            for i, y, pr in zip(result["indices"], result["labels"], result["outputs"])]
+    from transferkit.report import build_evaluation_report
+
+    build_evaluation_report(target, report, rows, run=loaded)  # evaluation.html beside evaluation.json
     return report
 
 
