@@ -97,6 +97,9 @@ class EngineCfg:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on CUDA (ignored on the CPU)
     channels_last: bool = True
+    compile: bool = False  # torch.compile the training forward (worth it on GPUs for long runs)
+    sync_bn: bool = False  # under torchrun: SyncBatchNorm, so BN statistics use the global batch
+    gpu_decode: bool = True  # on CUDA: decode JPEGs in batches on the GPU (transferkit.data.gpu)
     cache: bool = True  # frozen backbone: embed each image once and train the head on cached features
     cache_dir: str | None = None
     cache_views: int = 0  # augmented views per image to cache in addition to the eval view

@@ -160,6 +160,7 @@ def make_loader(
     rank: int = 0,
     world_size: int = 1,
     pin_memory: bool = False,
+    collate_fn: Callable | None = None,
 ) -> DataLoader:
     """A loader whose order and augmentation are a pure function of (seed, epoch, rank).
 
@@ -175,7 +176,7 @@ def make_loader(
         batch_size=batch_size,
         sampler=sampler,
         num_workers=n_workers,
-        collate_fn=collate_skipping,
+        collate_fn=collate_fn or collate_skipping,
         generator=generator,
         pin_memory=pin_memory,
         persistent_workers=False,

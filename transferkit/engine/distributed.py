@@ -89,3 +89,26 @@ def gather_predictions(result: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def cleanup() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def wrap_for_training(model: torch.nn.Module, trainable: list[torch.nn.Parameter], frozen: list[torch.nn.Parameter],
+                      info: DistInfo, device: torch.device, compile_model: bool = False) -> torch.nn.Module:
+    """The module the training loop calls: DDP (and/or torch.compile) around ``model``.
+
+    requires_grad is fixed here, once, before wrapping (toggling it after wrapping breaks DDP):
+    parameters that train at some epoch of the plan keep it; the rest never do. Groups that are
+    frozen only for some epochs have their gradients dropped before the step instead.
+    """
+    wrapped = model
+    if info.enabled:
+        for p in trainable:
+            p.requires_grad_(True)
+        for p in frozen:
+            p.requires_grad_(False)
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        wrapped = DistributedDataParallel(model, device_ids=ids)
+    if compile_model:
+        wrapped = torch.compile(wrapped)
+    return wrapped

@@ -18,11 +18,15 @@ import yaml
 from transferkit.config import RunCfg, config_from_dict, config_to_dict
 from transferkit.data.datasets import DataSplits, ImageDataset, make_loader, prepare_data
 from transferkit.data.transforms import eval_transform, resize_size, train_transform
-from transferkit.engine.checkpoint import load_training_state, save_training_state
+from transferkit.data.gpu import EncodedDataset, GpuPreprocessor, collate_encoded
+from transferkit.engine import distributed as ddp
+from transferkit.engine.checkpoint import load_training_state, prepare_fresh_run, save_training_state, verify_split
 from transferkit.engine.loop import StepContext, pick_device, predict_loader, train_one_epoch
+from transferkit.engine.oom import oom_guard
 from transferkit.engine.progress import Reporter
 from transferkit.errors import ConfigError, TransferKitError
 from transferkit.export.runfiles import save_model
+from transferkit.features.headfit import CachedHead
 from transferkit.fileio import append_jsonl, write_json, write_text
 from transferkit.metrics.classification import detailed_metrics, summary_metrics
 from transferkit.models.backbones import BackboneSpec, resolve_spec
@@ -64,6 +68,19 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919) % (2**63)
 
 
+class _Mapped:
+    """A loader whose batches pass through ``fn`` (the GPU preprocessor); keeps len() for the progress bar."""
+
+    def __init__(self, loader, fn) -> None:
+        self.loader, self.fn = loader, fn
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        return (self.fn(batch) for batch in self.loader)
+
+
 @dataclass
 class _State:
     epoch: int = 0  # epochs completed
@@ -84,8 +101,13 @@ class Trainer:
             raise ConfigError("no data folder given; pass DATA (a folder of class sub-folders)")
         self.cfg = cfg
         self.run_dir = Path(run_dir or cfg.out or default_run_dir(cfg.strategy.name))
-        self.reporter = Reporter(quiet=quiet)
-        self.device = pick_device(cfg.engine.device)
+        self.dist, dist_device = ddp.setup_distributed(cfg.engine.device)  # torchrun sets the environment
+        self.device = dist_device or pick_device(cfg.engine.device)
+        self.reporter = Reporter(quiet=quiet or not self.dist.main)  # one voice under torchrun
+        if cfg.engine.batch_size % self.dist.world_size:
+            raise ConfigError(f"--batch-size {cfg.engine.batch_size} is the global batch and must divide by the "
+                              f"{self.dist.world_size} processes; choose a multiple of {self.dist.world_size}")
+        self.local_batch = cfg.engine.batch_size // self.dist.world_size
         self.state = _State()
         self._resuming = False
 
@@ -119,15 +141,30 @@ class Trainer:
         ).to(self.device)
         if cfg.engine.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if cfg.engine.sync_bn and self.dist.enabled:  # before the optimizer: conversion replaces the modules
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.index: GroupIndex = index_groups(self.model)
         self.plan: Plan = make_plan(cfg.strategy, self.index.names[:-1], cfg.engine.epochs)
         self.optimizer = build_optimizer(self.index, cfg.optim, backbone_weight_decay=0.0 if cfg.strategy.l2sp else None)
-        self.steps_per_epoch = max(1, math.ceil(len(self.data.train) / cfg.engine.batch_size))
+        per_rank = math.ceil(len(self.data.train) / self.dist.world_size)  # DistributedSampler pads to this
+        self.steps_per_epoch = max(1, math.ceil(per_rank / self.local_batch))
         self.total_steps = self.steps_per_epoch * cfg.engine.epochs
         self.warmup_steps = int(round(cfg.optim.lr_warmup_epochs * self.steps_per_epoch))
         self.l2sp_anchor = self._l2sp_anchor()
         for path, reason in self.data.skipped:
             self.state.skipped[path] = reason
+        # frozen backbone: embed each image once and train the head on the embeddings (transferkit.features)
+        # (under torchrun the plain path is used: head training on embeddings takes seconds on one device)
+        self.cached = None if self.dist.enabled else CachedHead.for_run(
+            cfg, self.plan, self.model, self.device, self.data, self.reporter.say, self._skip)
+        ever = set(self.plan.ever_trainable())
+        params = {g: [p for _, p in self.index.params[g]] for g in self.index.names}
+        self.train_model = ddp.wrap_for_training(
+            self.model, [p for g in ever for p in params[g]], [p for g in params if g not in ever for p in params[g]],
+            self.dist, self.device, cfg.engine.compile)
+
+    def _uses_cache(self, epoch: int) -> bool:
+        return self.cached is not None and self.cached.covers(epoch)
 
     def _l2sp_anchor(self) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
         """Pretrained values of the backbone weights, for the L2-SP pull (Li et al. 2018)."""
@@ -160,13 +197,17 @@ class Trainer:
         else:
             if (self.run_dir / "summary.json").exists():
                 raise ConfigError(f"{self.run_dir} already holds a finished run; choose another --out or delete it")
-            self._write_run_header()
+            if self.dist.main:
+                prepare_fresh_run(self.run_dir)  # refuse an unfinished run (resume it); drop leftovers of a dead one
+                self._write_run_header()
+            ddp.barrier()
         trainable, total = count_parameters(self.index, self.plan)
         self.reporter.header(self, trainable, total)
         interrupted = False
         try:
-            while self.state.epoch < self.cfg.engine.epochs and not self._early_stop():
-                self._run_epoch(self.state.epoch)
+            with oom_guard(self.cfg.engine.batch_size, "training"):
+                while self.state.epoch < self.cfg.engine.epochs and not self._early_stop():
+                    self._run_epoch(self.state.epoch)
         except KeyboardInterrupt:
             interrupted = True
             self.reporter.say("interrupted: keeping the best checkpoint so far")
@@ -174,11 +215,14 @@ class Trainer:
 
     def _run_epoch(self, epoch: int) -> None:
         cfg, state = self.cfg, self.state
-        apply_plan(self.model, self.index, self.optimizer, self.plan, epoch)
+        apply_plan(self.model, self.index, self.optimizer, self.plan, epoch, toggle_requires_grad=not self.dist.enabled)
         torch.manual_seed(_epoch_seed(cfg.engine.seed, epoch))
         tick = time.perf_counter()
-        train_ds = ImageDataset(self.data.train, train_transform(self.spec, cfg.data.augment), resize_size(self.spec))
-        loader = make_loader(train_ds, cfg.engine.batch_size, True, cfg.engine.seed, epoch, cfg.data.workers, pin_memory=self.device.type == "cuda")
+        if self._uses_cache(epoch):
+            model, loader, on_failed = self.model.head, self.cached.train_batches(epoch), self._skip_many
+        else:
+            loader, on_failed = self._train_loader(epoch)
+            model = self.train_model
         ctx = StepContext(
             optimizer=self.optimizer,
             set_lr=lambda step: set_learning_rates(
@@ -190,11 +234,13 @@ class Trainer:
             grad_clip=cfg.optim.grad_clip,
             label_smoothing=cfg.optim.label_smoothing,
             extra_loss=self._l2sp_loss if self.l2sp_anchor else None,
+            drop_grads_of=self._frozen_now(epoch) if self.dist.enabled else [],
         )
         with self.reporter.epoch_bar(epoch, cfg.engine.epochs, len(loader)) as advance:
-            train = train_one_epoch(self.model, loader, ctx, state.step, self._failed_handler(train_ds), advance)
+            train = train_one_epoch(model, loader, ctx, state.step, on_failed, advance)
         state.step += train["steps"]
-        val = self._evaluate(self.data.val)
+        train = self._reduce_train_stats(train)
+        val = self._evaluate(self.data.val, cached=self._uses_cache(epoch))
         record = {
             "epoch": epoch + 1,
             "train_loss": train["loss"],
@@ -206,26 +252,72 @@ class Trainer:
         }
         state.epoch = epoch + 1
         self._track_best(val["metrics"], epoch)
-        append_jsonl(self.run_dir / "metrics.jsonl", record)
         self.reporter.epoch_line(record, improved=state.best_epoch == epoch)
-        save_training_state(self.run_dir, self.model, self.optimizer, self._state_info())
+        if self.dist.main:  # only rank 0 writes the run folder
+            append_jsonl(self.run_dir / "metrics.jsonl", record)
+            save_training_state(self.run_dir, self.model, self.optimizer, self._state_info())
+        ddp.barrier()
+
+    def _skip(self, path: str, reason: str) -> None:
+        if path not in self.state.skipped:
+            self.state.skipped[path] = reason
+            self.reporter.say(f"skipped {path}: {reason}")
+
+    def _skip_many(self, failed: list[tuple[str, str]]) -> None:
+        for path, reason in failed:
+            self._skip(path, reason)
 
     def _failed_handler(self, dataset: ImageDataset):
-        def handle(failed: list[tuple[int, str]]) -> None:
-            for index, reason in failed:
-                path = dataset.samples[index].path
-                if path not in self.state.skipped:
-                    self.state.skipped[path] = reason
-                    self.reporter.say(f"skipped {path}: {reason}")
+        return lambda failed: self._skip_many([(dataset.samples[index].path, reason) for index, reason in failed])
 
-        return handle
+    def _gpu_decode(self) -> bool:
+        return self.device.type == "cuda" and self.cfg.engine.gpu_decode
 
-    def _evaluate(self, samples) -> dict[str, Any]:
-        dataset = ImageDataset(samples, eval_transform(self.spec), resize_size(self.spec))
-        loader = make_loader(dataset, self.cfg.engine.batch_size * 2, False, 0, 0, self.cfg.data.workers)
-        out = predict_loader(
-            self.model, loader, self.device, self.cfg.engine.amp, self.cfg.engine.channels_last, self._failed_handler(dataset)
-        )
+    def _loader(self, samples, train: bool, epoch: int):
+        """(batches, on_failed): the CPU path (PIL in workers) or the GPU path (bytes -> nvJPEG)."""
+        cfg, draft = self.cfg, resize_size(self.spec)
+        batch = self.local_batch if train else self.local_batch * 2
+        common = dict(seed=cfg.engine.seed if train else 0, epoch=epoch if train else 0, workers=cfg.data.workers,
+                      rank=self.dist.rank, world_size=self.dist.world_size, pin_memory=self.device.type == "cuda")
+        if not self._gpu_decode():
+            transform = train_transform(self.spec, cfg.data.augment) if train else eval_transform(self.spec)
+            dataset = ImageDataset(samples, transform, draft)
+            return make_loader(dataset, batch, train, **common), self._failed_handler(dataset)
+        dataset = EncodedDataset(samples, draft)
+        loader = make_loader(dataset, batch, train, collate_fn=collate_encoded, **common)
+        prep = GpuPreprocessor(self.spec, self.device, train, cfg.data.augment, samples,
+                               seed=cfg.engine.seed * 1_009 + epoch * 31 + self.dist.rank)
+        return _Mapped(loader, prep), self._failed_handler(dataset)
+
+    def _train_loader(self, epoch: int):
+        return self._loader(self.data.train, True, epoch)
+
+    def _eval_loader(self, samples):
+        return self._loader(samples, False, 0)
+
+    def _frozen_now(self, epoch: int) -> list[torch.nn.Parameter]:
+        """Under DDP requires_grad is fixed: parameters of groups frozen this epoch lose their gradient."""
+        scales = self.plan.at(epoch)
+        return [p for g, params in self.index.params.items() if scales[g] == 0 for _, p in params if p.requires_grad]
+
+    def _reduce_train_stats(self, train: dict[str, float]) -> dict[str, float]:
+        """Train loss/accuracy over all ranks' samples (weighted by each rank's count)."""
+        if not self.dist.enabled:
+            return train
+        sums = ddp.all_reduce_sums({"loss": train["loss"] * train["seen"], "correct": train["accuracy"] * train["seen"],
+                                    "seen": train["seen"]}, self.device)
+        seen = max(sums["seen"], 1.0)
+        return {**train, "loss": sums["loss"] / seen, "accuracy": sums["correct"] / seen, "seen": sums["seen"]}
+
+    def _evaluate(self, samples, cached: bool = False) -> dict[str, Any]:
+        if cached:
+            out = self.cached.predict(samples)
+        else:
+            loader, on_failed = self._eval_loader(samples)
+            with oom_guard(self.cfg.engine.batch_size, "evaluation"):  # eval batches are 2x: halving the flag halves them
+                out = ddp.gather_predictions(predict_loader(
+                    self.model, loader, self.device, self.cfg.engine.amp, self.cfg.engine.channels_last, on_failed
+                ))
         probs, labels = out["outputs"], out["labels"]
         return {"metrics": summary_metrics(labels, probs, len(self.data.classes)), "probs": probs, "labels": labels, "indices": out["indices"]}
 
@@ -236,7 +328,8 @@ class Trainer:
         key = (metrics[monitor] or 0.0, -(metrics.get("nll") or 0.0))
         if self.state.best_key is None or key > self.state.best_key:
             self.state.best_key, self.state.best_epoch, self.state.stale = key, epoch, 0
-            save_model(self.run_dir, self.model, self.data.classes, self._head_meta())
+            if self.dist.main:
+                save_model(self.run_dir, self.model, self.data.classes, self._head_meta())
         else:
             self.state.stale += 1
 
@@ -260,6 +353,7 @@ class Trainer:
         }
 
     def _restore(self) -> None:
+        verify_split(self.run_dir, self.data.split_record())  # same images and classes, or the replay is not the run
         info = load_training_state(self.run_dir, self.model, self.optimizer)
         s = self.state
         s.epoch, s.step, s.best_epoch, s.stale = info["epoch"], info["step"], info["best_epoch"], info["stale"]
@@ -276,10 +370,10 @@ class Trainer:
             raise TransferKitError("the run stopped before finishing its first epoch; nothing was saved")
         best = load_run(self.run_dir, device=str(self.device))
         self.model.load_state_dict(best.model.state_dict())
-        val = self._evaluate(self.data.val)
+        cached = self._uses_cache(self.state.epoch - 1)  # the backbone was never trained: embeddings still hold
+        val = self._evaluate(self.data.val, cached)
+        test = self._evaluate(self.data.test, cached) if self.data.test else None
         details = detailed_metrics(val["labels"], val["probs"], self.data.classes)
-        write_json(self.run_dir / "val_metrics.json", details)
-        self._write_predictions("val", self.data.val, val)
         summary = {
             "backbone": self.spec.name,
             "strategy": self.plan.strategy,
@@ -293,10 +387,15 @@ class Trainer:
             "data": {"root": self.data.root, "layout": self.data.layout, "classes": self.data.classes,
                      "n_train": len(self.data.train), "n_val": len(self.data.val), "n_test": len(self.data.test)},
             "device": str(self.device),
+            "world_size": self.dist.world_size,
         }
-        if self.data.test:
-            test = self._evaluate(self.data.test)
+        if test is not None:
             summary["test_metrics"] = detailed_metrics(test["labels"], test["probs"], self.data.classes)["metrics"]
+        if not self.dist.main:  # every rank evaluated (a collective); rank 0 alone writes
+            return RunResult(self.run_dir, summary)
+        write_json(self.run_dir / "val_metrics.json", details)
+        self._write_predictions("val", self.data.val, val)
+        if test is not None:
             self._write_predictions("test", self.data.test, test)
         write_json(self.run_dir / "skipped.json", summary["skipped_files"])
         write_json(self.run_dir / "summary.json", summary)

@@ -1,0 +1,187 @@
+"""FeatureCache: embeddings of image files, computed once per (content, backbone, weights, transform, view).
+
+>>> cache = FeatureCache(backbone, spec)                  # built-in weights, default cache folder
+>>> rows = cache.lookup(["a.jpg", "b.jpg"])              # embeds what is missing, then reads
+>>> rows.read(np.arange(len(rows.positions)))            # float16 (n_readable, feature_dim)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from transferkit.data.transforms import eval_transform, resize_size, train_transform
+from transferkit.errors import CheckpointError
+from transferkit.features.extract import embed_images
+from transferkit.features.keys import digest_files, model_identity, namespace_key, view_identity, view_seed, weights_digest
+from transferkit.features.store import DTYPE, Namespace, RowReader, ShardIndex, ShardWriter, cache_root
+from transferkit.models.backbones import BackboneSpec
+
+__all__ = ["FeatureCache", "ViewRows", "SHARD_ROWS"]
+
+SHARD_ROWS = 4096  # commit a shard every this many rows: an interrupted fill keeps all but the last chunk
+
+
+@dataclass
+class ViewRows:
+    """Where the embeddings of one view of the requested files are.
+
+    ``positions`` are the indices (into the requested paths) of the files that have an embedding,
+    in order; ``failed`` maps the others to the reason. ``read(i)`` returns the rows of
+    ``positions[i]``, from memory or from the store (memory map, or ``pread`` when ``stream``).
+    """
+
+    positions: np.ndarray
+    failed: dict[int, str]
+    dim: int
+    index: ShardIndex | None = None
+    shard: np.ndarray | None = None
+    row: np.ndarray | None = None
+    array: np.ndarray | None = None  # in-memory rows (cache disabled)
+    _reader: RowReader | None = field(default=None, repr=False)
+
+    def select(self, lo: int, hi: int) -> "ViewRows":
+        """The part for requested paths ``lo .. hi-1``, renumbered from 0 (one split of a joint lookup)."""
+        mask = (self.positions >= lo) & (self.positions < hi)
+        pick = lambda a: None if a is None else a[mask]  # noqa: E731
+        failed = {k - lo: r for k, r in self.failed.items() if lo <= k < hi}
+        return ViewRows(self.positions[mask] - lo, failed, self.dim, self.index, pick(self.shard), pick(self.row), pick(self.array))
+
+    def read(self, which: np.ndarray, stream: bool = False) -> np.ndarray:
+        which = np.asarray(which, dtype=np.int64)
+        if self.array is not None:
+            return self.array[which]
+        assert self.index is not None and self.shard is not None and self.row is not None
+        if not stream:
+            return self.index.gather(self.shard[which], self.row[which])
+        if self._reader is None:
+            self._reader = RowReader(self.index.shards)
+        return self._reader.read(self.shard[which], self.row[which])
+
+
+class FeatureCache:
+    """Embeds files with ``backbone`` through the cache (or straight into memory when ``enabled`` is False)."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        spec: BackboneSpec,
+        *,
+        weights: str | None = None,
+        pretrained: bool = True,
+        cache_dir: str | None = None,
+        enabled: bool = True,
+        device: torch.device | str = "cpu",
+        amp: bool = False,
+        batch_size: int = 64,
+        workers: int = -1,
+        channels_last: bool = True,
+        augment: str = "light",
+        say: Callable[[str], None] | None = None,
+    ) -> None:
+        self.backbone, self.spec, self.enabled = backbone, spec, enabled
+        self.device = torch.device(device)
+        self.amp = amp and self.device.type == "cuda"
+        self.batch_size, self.workers, self.channels_last, self.augment = batch_size, workers, channels_last, augment
+        self.draft_size = resize_size(spec)
+        self.root = cache_root(cache_dir)
+        self.say = say or (lambda text: None)
+        precision = "bf16-autocast" if self.amp else "fp32"
+        self.identity = model_identity(spec, weights_digest(spec, weights, pretrained, backbone), self.draft_size, precision)
+        self.embedded = 0  # images pushed through the backbone by this object (tests and benchmarks read it)
+
+    def namespace(self, view: int | None = None) -> Namespace:
+        return Namespace(self.root, namespace_key(self.identity, view_identity(self.spec, view, self.augment)))
+
+    def _transform(self, view: int | None):
+        return eval_transform(self.spec) if view is None else train_transform(self.spec, self.augment)
+
+    def lookup(self, paths: Sequence[str], view: int | None = None) -> ViewRows:
+        """Embeddings of ``paths`` for ``view`` (None: the eval transform; j: augmented view j)."""
+        paths = [str(p) for p in paths]
+        digests, failed = digest_files(paths)
+        readable = np.array([i for i in range(len(paths)) if i not in failed], dtype=np.int64)
+        if not self.enabled:
+            return self._in_memory(paths, digests, readable, failed, view)
+        ns = self.namespace(view)
+        index = ns.index()
+        shard, _ = index.find(digests[readable])
+        if (shard < 0).any():
+            failed.update(self._fill(ns, paths, digests, readable[shard < 0], view))
+            index = ns.index()
+        shard, row = index.find(digests)
+        ok = np.array([i for i in readable if shard[i] >= 0 and i not in failed], dtype=np.int64)
+        by_bytes = {digests[i].tobytes(): reason for i, reason in failed.items()}
+        for i in readable:  # a copy of a file that failed (its bytes were decoded only once) fails the same way
+            if shard[i] < 0 and i not in failed:
+                failed[int(i)] = by_bytes.get(digests[i].tobytes(), "could not be embedded")
+        return ViewRows(ok, failed, self.spec.feature_dim, index=index, shard=shard[ok], row=row[ok])
+
+    def _fill(self, ns: Namespace, paths: list[str], digests: np.ndarray, missing: np.ndarray, view: int | None) -> dict[int, str]:
+        """Embed the missing files under the namespace lock; returns {position: reason} for unreadable ones."""
+        with ns.locked(on_wait=lambda: self.say(f"waiting for another process that is filling the cache {ns.path} ...")):
+            ns.remove_orphans()
+            shard, _ = ns.index().find(digests[missing])  # another run may have filled them while we waited
+            missing = missing[shard < 0]
+            if not missing.size:
+                return {}
+            # identical bytes under two names: embed once
+            _, first = np.unique(np.ascontiguousarray(digests[missing]).view(f"V{digests.shape[1]}").ravel(), return_index=True)
+            todo = missing[np.sort(first)]
+            ns.describe({**self.identity, **view_identity(self.spec, view, self.augment)})
+            try:
+                return self._embed_into(ns, paths, digests, todo, view)
+            except OSError as exc:  # a full disk or a read-only cache folder: say which and how to go on
+                raise CheckpointError(
+                    f"cannot write the embedding cache at {self.root} ({exc.strerror or exc}); free some space, "
+                    "choose another folder with --cache-dir (or TRANSFERKIT_CACHE_DIR), or pass --no-cache"
+                ) from None
+
+    def _embed_into(self, ns: Namespace, paths: list[str], digests: np.ndarray, todo: np.ndarray, view: int | None) -> dict[int, str]:
+        label = "eval view" if view is None else f"augmented view {view + 1}"
+        self.say(f"embedding {len(todo)} image(s) with {self.spec.name} ({label}); cache: {self.root}")
+        started, failed, writer = time.perf_counter(), {}, None
+        try:
+            for batch in self._batches(paths, digests, todo, view):
+                failed.update({int(todo[i]): reason for i, reason in batch.failed})
+                if not len(batch.indices):
+                    continue
+                writer = writer or ShardWriter(ns.shards_dir, self.spec.feature_dim)
+                writer.append(digests[todo[batch.indices]], batch.features)
+                self.embedded += len(batch.indices)
+                if writer.rows >= SHARD_ROWS:
+                    writer.commit()
+                    writer = None
+            if writer is not None:
+                writer.commit()
+                writer = None
+        finally:
+            if writer is not None:  # interrupted: the unfinished shard is deleted, committed ones stay valid
+                writer.discard()
+        seconds = time.perf_counter() - started
+        self.say(f"embedded {len(todo) - len(failed)} image(s) in {seconds:.1f}s ({(len(todo) - len(failed)) / max(seconds, 1e-9):.1f}/s)")
+        return failed
+
+    def _batches(self, paths: list[str], digests: np.ndarray, todo: np.ndarray, view: int | None):
+        seeds = None if view is None else [view_seed(digests[i], view) for i in todo]
+        return embed_images(
+            self.backbone, [paths[i] for i in todo], self._transform(view), draft_size=self.draft_size,
+            device=self.device, batch_size=self.batch_size, workers=self.workers, channels_last=self.channels_last,
+            amp=self.amp, seeds=seeds, digests=digests[todo] if self.enabled else None,
+        )
+
+    def _in_memory(self, paths: list[str], digests: np.ndarray, readable: np.ndarray, failed: dict[int, str], view: int | None) -> ViewRows:
+        array = np.zeros((len(paths), self.spec.feature_dim), dtype=DTYPE)
+        done = np.zeros(len(paths), dtype=bool)
+        for batch in self._batches(paths, digests, readable, view):
+            failed.update({int(readable[i]): reason for i, reason in batch.failed})
+            array[readable[batch.indices]] = batch.features
+            done[readable[batch.indices]] = True
+            self.embedded += len(batch.indices)
+        ok = np.flatnonzero(done)
+        return ViewRows(ok, failed, self.spec.feature_dim, array=array[ok])

@@ -1,0 +1,82 @@
+"""``embed_folder``: embeddings + labels + paths of an image folder, for scikit-learn, UMAP or a vector store."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transferkit.data.scan import scan_dataset
+from transferkit.engine.loop import pick_device
+from transferkit.errors import ConfigError
+from transferkit.features.cache import FeatureCache
+from transferkit.fileio import atomic_write
+from transferkit.models.backbones import build_backbone, resolve_spec
+
+__all__ = ["embed_folder"]
+
+
+def embed_folder(
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    *,
+    backbone: str = "efficientnet_lite0",
+    weights: str | None = None,
+    input_size: int | None = None,
+    batch_size: int = 64,
+    workers: int = -1,
+    device: str = "auto",
+    cache: bool = True,
+    cache_dir: str | None = None,
+    dtype: str = "float16",
+    say: Any = None,
+) -> dict[str, Any]:
+    """Embed every image of a class-folder dataset with a pretrained backbone (eval transform).
+
+    Args:
+        data: a folder of class sub-folders, or one with train/ val/ (test/) splits.
+        out: optional ``.npz`` to write (atomically) with the arrays returned.
+        backbone, weights, input_size: as for ``transferkit.train``.
+        cache: read and fill the embedding cache (``cache_dir``, default the user cache folder).
+        dtype: ``float16`` (as cached) or ``float32``.
+        say: optional callable receiving progress lines.
+
+    Returns:
+        ``embeddings`` (n, dim), ``labels`` (n,), ``paths`` (n,), ``splits`` (n,), ``classes``,
+        ``skipped_paths`` / ``skipped_reasons`` (files not embedded), ``meta`` (JSON text: backbone,
+        weights hash, transform). Only plain arrays: ``np.load(out)`` needs no pickle.
+    """
+    if dtype not in ("float16", "float32"):
+        raise ConfigError(f"--dtype {dtype!r} must be float16 or float32")
+    scans = scan_dataset(data)
+    names = ["all"] if "all" in scans else [n for n in ("train", "val", "test") if n in scans]
+    samples = [(name, s) for name in names for s in scans[name].samples]
+    skipped = [item for name in names for item in scans[name].skipped]
+    spec = resolve_spec(backbone, weights).with_input_size(input_size)
+    dev = pick_device(device)
+    model = build_backbone(spec, pretrained=True, weights=weights).to(dev)
+    fc = FeatureCache(model, spec, weights=weights, cache_dir=cache_dir, enabled=cache, device=dev,
+                      batch_size=batch_size, workers=workers, say=say)
+    rows = fc.lookup([s.path for _, s in samples])
+    skipped += [(samples[i][1].path, reason) for i, reason in sorted(rows.failed.items())]
+    keep = rows.positions
+    result = {
+        "embeddings": rows.read(np.arange(keep.size)).astype(dtype),
+        "labels": np.array([samples[i][1].label for i in keep], dtype=np.int64),
+        "paths": np.array([samples[i][1].path for i in keep], dtype=str),
+        "splits": np.array([samples[i][0] for i in keep], dtype=str),
+        "classes": np.array(scans[names[0]].classes, dtype=str),
+        "skipped_paths": np.array([p for p, _ in skipped], dtype=str),
+        "skipped_reasons": np.array([r for _, r in skipped], dtype=str),
+        "meta": np.array(json.dumps({**fc.identity, "root": os.fspath(data)})),
+    }
+    if out is not None:
+        target = Path(out)
+        if target.suffix != ".npz":
+            raise ConfigError(f"--out {target} must end in .npz")
+        with atomic_write(target) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **result)  # a file object: savez would otherwise append its own suffix
+    return result

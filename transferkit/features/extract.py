@@ -1,0 +1,199 @@
+"""The embedding data path, tuned for small CPUs (measured in benchmarks/speed.py).
+
+* JPEG draft-mode decoding: ``load_rgb(draft_size=...)`` lets libjpeg decode at 1/2, 1/4 or 1/8
+  scale when the target is smaller, instead of decoding every pixel and throwing most away.
+* Decoding overlaps the forward pass: DataLoader workers decode and resize the next batches while
+  the main process runs the backbone.
+* Workers send uint8 images (a quarter of the bytes of float32 through shared memory) and the main
+  process converts and normalises the whole batch at once, in channels_last layout.
+* channels_last + ``torch.inference_mode``: on CPU, oneDNN's depthwise/pointwise convolutions are
+  much faster in NHWC, and inference mode skips autograd bookkeeping entirely.
+* BatchNorm folded into the convolutions of a copy of the frozen backbone (:mod:`.fuse`).
+* Thread counts: one decoding worker up to 4 cores, and the forward gets the remaining cores, so
+  the two never fight over a core (:func:`forward_threads`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2 as T
+
+from transferkit.data.decode import load_rgb
+from transferkit.engine.loop import autocast_for
+from transferkit.errors import DataError
+from transferkit.features.fuse import fold_batchnorm
+from transferkit.features.keys import file_digest
+
+__all__ = ["EmbedBatch", "embed_images", "split_normalize", "torch_threads", "default_embed_workers", "forward_threads"]
+
+
+def split_normalize(transform: Any) -> tuple[Any, torch.Tensor | None, torch.Tensor | None]:
+    """(the transform up to uint8, mean, std) when it ends in ToDtype(float, scale) + Normalize, else (it, None, None).
+
+    The two dropped steps are applied to the whole batch in :func:`_normalise`, which computes the same
+    ``(x / 255 - mean) / std`` as one fused multiply-add.
+    """
+    ops = list(getattr(transform, "transforms", []))
+    if (len(ops) >= 2 and isinstance(ops[-1], T.Normalize) and isinstance(ops[-2], T.ToDtype)
+            and getattr(ops[-2], "scale", False) and not ops[-1].inplace):
+        mean = torch.tensor(ops[-1].mean, dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(ops[-1].std, dtype=torch.float32).view(1, -1, 1, 1)
+        return T.Compose(ops[:-2]), mean, std
+    return transform, None, None
+
+
+class _Files(Dataset):
+    """Decoded, transformed images by index; a bad file yields its reason instead of raising."""
+
+    def __init__(self, paths: Sequence[str], transform: Callable, draft_size: int | None, seeds: Sequence[int] | None,
+                 digests: np.ndarray | None = None) -> None:
+        self.paths, self.transform, self.draft_size, self.seeds, self.digests = list(paths), transform, draft_size, seeds, digests
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[Any, int, str | None]:
+        try:
+            image = load_rgb(self.paths[index], draft_size=self.draft_size)
+        except DataError as exc:
+            return None, index, getattr(exc, "reason", None) or str(exc)
+        if self.digests is not None and not self._unchanged(index):
+            return None, index, "the file changed while it was being embedded; run again"
+        if self.seeds is None:
+            return self.transform(image), index, None
+        with torch.random.fork_rng(devices=[]):  # leave the caller's RNG (dropout, resume) untouched
+            torch.manual_seed(self.seeds[index])  # augmented view j of a file is always the same crop
+            return self.transform(image), index, None
+
+
+    def _unchanged(self, index: int) -> bool:
+        """The cache files this row under the hash taken before decoding: check the bytes decoded were those."""
+        try:
+            return file_digest(self.paths[index]) == bytes(self.digests[index])
+        except OSError:
+            return False
+
+
+def _collate(batch: list[tuple[Any, int, str | None]]) -> dict[str, Any]:
+    good = [b for b in batch if b[2] is None]
+    return {
+        "images": torch.stack([torch.as_tensor(b[0]) for b in good]) if good else None,
+        "indices": np.array([b[1] for b in good], dtype=np.int64),
+        "failed": [(b[1], b[2]) for b in batch if b[2] is not None],
+    }
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Temporarily set torch's intra-op thread count (None: leave it)."""
+    if not n:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def default_embed_workers(requested: int = -1) -> int:
+    """One decoding worker up to 4 cores (the forward dominates), then a quarter of the cores."""
+    if requested >= 0:
+        return requested
+    cores = os.cpu_count() or 1
+    return 1 if cores <= 4 else max(1, min(8, cores // 4))
+
+
+def forward_threads(workers: int) -> int:
+    """torch threads for the forward: the cores torch would use, minus the decoding workers.
+
+    Oversubscribing (2 threads + 1 worker on 2 cores) stalls every intra-op barrier whenever the
+    worker runs; benchmarks/speed.py measured 1 thread + 1 worker clearly faster on a 2-core machine.
+    """
+    return max(1, torch.get_num_threads() - workers)
+
+
+@dataclass
+class EmbedBatch:
+    """Features of the readable files of one batch, and the unreadable ones with their reasons."""
+
+    indices: np.ndarray  # positions in the ``paths`` given to embed_images
+    features: np.ndarray  # float32, (len(indices), feature_dim)
+    failed: list[tuple[int, str]]
+
+
+def _normalise(images: torch.Tensor, mean: torch.Tensor | None, std: torch.Tensor | None,
+               device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = images.to(device, non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)  # on uint8: 4x less to shuffle than float
+    if mean is None:
+        return x.float()
+    scale = 1.0 / (255.0 * std.to(device))
+    return torch.addcmul(-(mean.to(device) / std.to(device)), x.float(), scale)
+
+
+def embed_images(
+    backbone: nn.Module,
+    paths: Sequence[str],
+    transform: Callable,
+    *,
+    draft_size: int | None = None,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    workers: int = -1,
+    channels_last: bool = True,
+    amp: bool = False,
+    seeds: Sequence[int] | None = None,
+    threads: int | None = None,
+    digests: np.ndarray | None = None,
+    fold_bn: bool = True,
+) -> Iterator[EmbedBatch]:
+    """Yield the backbone's pooled features for ``paths`` batch by batch (the backbone runs in eval mode).
+
+    Args:
+        backbone: returns (N, feature_dim) pooled features.
+        paths: image files; unreadable ones come back in ``EmbedBatch.failed``.
+        transform: the per-image transform (eval, or a train transform for augmented views).
+        seeds: one torch seed per file, set before its transform (augmented views).
+        threads: torch threads for the forward (default: :func:`forward_threads`).
+        digests: SHA-256 of each file taken earlier; a file whose bytes differ after decoding is
+            reported as failed, so a cache never files an embedding under another content's hash.
+        fold_bn: run a copy of the backbone with BatchNorm folded into the convolutions (checked
+            against the original on the first batch; see :mod:`transferkit.features.fuse`).
+    """
+    device = torch.device(device)
+    pre, mean, std = split_normalize(transform)
+    n_workers = default_embed_workers(workers)
+    loader = DataLoader(
+        _Files(paths, pre, draft_size, seeds, digests), batch_size=batch_size, shuffle=False, num_workers=n_workers,
+        collate_fn=_collate, pin_memory=device.type == "cuda", prefetch_factor=4 if n_workers else None,
+    )
+    was_training = backbone.training
+    backbone.eval()
+    if channels_last:
+        backbone.to(memory_format=torch.channels_last)
+    net = None
+    try:
+        with torch_threads(threads or forward_threads(n_workers)), torch.inference_mode():
+            for batch in loader:
+                if batch["images"] is None:
+                    yield EmbedBatch(batch["indices"], np.zeros((0, 0), np.float32), batch["failed"])
+                    continue
+                x = _normalise(batch["images"], mean, std, device, channels_last)
+                if net is None:
+                    net = fold_batchnorm(backbone, x[:2]) if fold_bn else backbone
+                with autocast_for(device, amp):
+                    features = net(x)
+                yield EmbedBatch(batch["indices"], features.float().cpu().numpy(), batch["failed"])
+    finally:
+        backbone.train(was_training)
