@@ -1,0 +1,165 @@
+"""End-to-end `adapt` runs on tiny generated source/target folders (colour-shifted), via API and CLI."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+import transferkit.adapt.runner as runner_mod
+from conftest import make_image_folder
+from transferkit.adapt import BN_BY_METHOD, METHODS, adapt
+from transferkit.api import evaluate, predict
+from transferkit.cli import app
+from transferkit.errors import ConfigError, StrategyError
+
+FAST = dict(backbone="efficientnet_lite0", input_size=32, batch_size=8, workers=0, epochs=1, adapt_epochs=1)
+CLASSES = {"a": 8, "b": 8}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors on a shared 2-core machine: two intra-op threads spin against other processes and run
+    about 10x slower than one (measured), so these tests use one thread and restore the setting after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _shifted_folder(root: Path, seed: int) -> Path:
+    """The source's classes with inverted, darker colours: a domain shift a tiny model can notice."""
+    make_image_folder(root, CLASSES, size=36, seed=seed)
+    for path in root.rglob("*.jpg"):
+        pixels = np.asarray(Image.open(path)).astype(np.float32)
+        Image.fromarray((255 - 0.7 * pixels).clip(0, 255).astype(np.uint8)).save(path, quality=90)
+    return root
+
+
+@pytest.fixture(scope="module")
+def domains(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("domains")
+    source = make_image_folder(root / "source", CLASSES, size=36, seed=0)
+    target = _shifted_folder(root / "target", seed=1)
+    # the same target images with every class folder's files moved into the wrong class folder
+    poisoned = root / "poisoned"
+    shutil.copytree(target, poisoned)
+    names = sorted(CLASSES)
+    for path in sorted((target).rglob("*.jpg")):
+        wrong = names[(names.index(path.parent.name) + 1) % len(names)]
+        shutil.move(str(poisoned / path.parent.name / path.name), poisoned / wrong / path.name)
+    return {"source": source, "target": target, "poisoned": poisoned}
+
+
+def _weights(run: Path, name: str = "model.safetensors") -> dict:
+    return load_file(str(run / name))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_writes_a_usable_run_folder(domains: dict[str, Path], tmp_path: Path, method: str) -> None:
+    out = tmp_path / method
+    result = adapt(domains["source"], domains["target"], method=method, target_labels_for_eval=domains["target"],
+                   out=str(out), quiet=True, adapt_options={"projection": "tsne" if method == "dann" else "pca"}, **FAST)
+    s = result.summary
+    for side in ("source_only", "adapted"):
+        assert 0.0 <= s[side]["target"]["accuracy"] <= 1.0
+        assert set(s[side]["target_per_class_accuracy"]) == set(CLASSES)
+    assert s["method"] == method and s["figures"]["projection"] == "projection.png"
+    assert s["bn"] == BN_BY_METHOD[method] and (s["adabn_images"] > 0) == (method == "adabn")
+    assert (out / "projection.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("config.yaml", "adapt.yaml", "metrics.jsonl", "model.json", "baseline.json", "target_metrics.json"):
+        assert (out / name).is_file(), name
+    phases = [json.loads(line)["phase"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert phases == ["source-only"] + ([method] if method in ("dann", "coral") else [])
+    base, final = _weights(out, "baseline.safetensors"), _weights(out)
+    same = all(np.array_equal(base[k].numpy(), final[k].numpy()) for k in base)
+    assert same == (method == "source-only")  # every other method changes something
+    if method == "adabn":  # ... and AdaBN only BatchNorm statistics
+        assert all(np.array_equal(base[k].numpy(), final[k].numpy()) for k in base if "running_" not in k and "num_batches" not in k)
+    # the run folder is an ordinary model for predict / evaluate
+    rows = predict(out, [domains["target"] / "a"])
+    assert len(rows) == CLASSES["a"] and all("predictions" in r for r in rows)
+    report = evaluate(out, domains["target"], out=tmp_path / "eval")
+    assert report["metrics"]["accuracy"] == pytest.approx(s["adapted"]["target"]["accuracy"])
+
+
+def test_target_labels_never_reach_training(domains: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Poisoning: mislabelled target class folders and mislabelled evaluation labels give bit-identical weights."""
+    seen_labels: set[int] = set()
+    real_cycle = runner_mod.cycle_batches
+
+    def spy(*args, **kwargs):
+        for batch in real_cycle(*args, **kwargs):
+            seen_labels.update(batch["labels"].tolist())
+            yield batch
+
+    monkeypatch.setattr(runner_mod, "cycle_batches", spy)
+    runs = {}
+    for name, target, evaluation in (("clean", "target", "target"), ("poisoned", "poisoned", "poisoned")):
+        out = tmp_path / name
+        runs[name] = adapt(domains["source"], domains[target], method="dann", target_labels_for_eval=domains[evaluation],
+                           out=str(out), quiet=True, adapt_options={"projection": "none", "adabn": False}, **FAST).summary
+    assert seen_labels == {-1}  # the training loop only ever got "unknown" target labels
+    for name in ("model.safetensors", "baseline.safetensors"):
+        clean, poisoned = _weights(tmp_path / "clean", name), _weights(tmp_path / "poisoned", name)
+        assert clean.keys() == poisoned.keys()
+        assert all(np.array_equal(clean[k].numpy(), poisoned[k].numpy()) for k in clean), name
+    # ... while the evaluation did read the (different) labels: every prediction flips from right to wrong
+    clean_acc = runs["clean"]["adapted"]["target"]["accuracy"]
+    assert runs["poisoned"]["adapted"]["target"]["accuracy"] == pytest.approx(1.0 - clean_acc)
+
+
+def test_baseline_is_reused_from_an_earlier_run(domains: dict[str, Path], tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    adapt(domains["source"], domains["target"], method="source-only", out=str(first), quiet=True,
+          adapt_options={"projection": "none"}, **FAST)
+    second = adapt(domains["source"], domains["target"], method="adabn", out=str(tmp_path / "second"), quiet=True,
+                   baseline_from=first, adapt_options={"projection": "none"}, **FAST)
+    a, b = _weights(first, "baseline.safetensors"), _weights(tmp_path / "second", "baseline.safetensors")
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+    assert second.summary["baseline_from"] == str(first) and "target" not in second.summary["adapted"]
+    with pytest.raises(ConfigError, match="does not match"):
+        adapt(domains["source"], domains["target"], method="adabn", out=str(tmp_path / "third"), quiet=True,
+              baseline_from=first, **{**FAST, "input_size": 40})
+
+
+def test_adapting_a_frozen_backbone_is_refused(domains: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(StrategyError, match="feature-extraction"):
+        adapt(domains["source"], domains["target"], method="dann", strategy="feature-extraction", out=str(tmp_path / "x"),
+              quiet=True, **FAST)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_cli_adapt_runs_each_method(domains: dict[str, Path], tmp_path: Path, method: str) -> None:
+    out = tmp_path / "cli"
+    args = ["adapt", "--source", str(domains["source"]), "--target", str(domains["target"]),
+            "--target-labels-for-eval", str(domains["target"]), "--method", method, "--out", str(out),
+            "--backbone", "efficientnet_lite0", "--input-size", "32", "--batch-size", "8", "--epochs", "1",
+            "--adapt-epochs", "1", "--workers", "0", "--projection", "none", "--set", "adapt.coral_weight=2", "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "target accuracy" in result.output and method in result.output  # the side-by-side table
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == method and "target" in summary["adapted"]
+    assert "coral_weight: 2.0" in (out / "adapt.yaml").read_text()  # --set adapt.KEY reaches the adaptation options
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all("val_accuracy" in row for row in rows)
+
+
+def test_cli_adapt_errors_are_one_line(domains: dict[str, Path], tmp_path: Path) -> None:
+    cli = CliRunner()
+    bad = cli.invoke(app, ["adapt", "--source", str(domains["source"]), "--target", str(tmp_path / "missing"),
+                           "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2
+    assert "error:" in bad.output and "missing" in bad.output and "Traceback" not in bad.output
+    typo = cli.invoke(app, ["adapt", "--source", str(domains["source"]), "--target", str(domains["target"]),
+                            "--set", "adapt.lamda_max=1", "--out", str(tmp_path / "typo")])
+    assert typo.exit_code == 2 and "lamda_max" in typo.output
