@@ -42,7 +42,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False) -> list[dict]:
     common = dict(backbone="efficientnet_lite0", input_size=96, batch_size=64, seed=0)
     plans = [
         ("feature-extraction", dict(epochs=2 if quick else 8, lr=3e-3)),
-        ("finetune", dict(epochs=1 if quick else 4, lr=2e-3)),
+        ("finetune", dict(epochs=1 if quick else 3, lr=2e-3)),
     ]
     summaries = []
     for strategy, extra in plans:
