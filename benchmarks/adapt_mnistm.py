@@ -168,15 +168,36 @@ def write_results(md: str, agg: dict[str, Any], per_seed: dict, command: str, mi
          "settings": settings, **agg,
          "summaries": {s: {n: {k: v[k] for k in ("source_only", "adapted", "projection", "time_s")} for n, v in runs.items()}
                        for s, runs in per_seed.items()}}, indent=2))
-    (results / "adapt_mnistm.md").write_text(NOTE.format(command=command, minutes=minutes, table=md,
-                                                         settings=json.dumps(settings, indent=1)))
+    extra = f"; the seed-0 ablations {agg['ablation_minutes']:.0f} min more" if "ablation_minutes" in agg else ""
+    (results / "adapt_mnistm.md").write_text(NOTE.format(command=command, minutes=minutes, table=md, ablation_time=extra,
+                                                         settings="`" + json.dumps(settings) + "`"))
 
 
 NOTE = """# Domain adaptation: MNIST -> MNIST-M
 
-Command: `{command}` ({minutes:.0f} min on the shared 2-core CPU, one torch thread).
+Command: `{command}` ({minutes:.0f} min of runs for the main table on the shared 2-core CPU, one torch
+thread{ablation_time}).
+
+Data: labelled `mnist/train` (5,000 images; 4,500 train, 500 held out as the source validation split),
+unlabelled `mnistm/train` (5,000 images, read as a plain folder: its class folders are never read),
+evaluation on `mnistm/test` (1,000 images, used for nothing else). Pretrained efficientnet_lite0 at 32 px,
+batch 64 per domain, AdamW, full fine-tuning (head 2e-3, backbone 1e-3), no augmentation, seeds 0-2.
+Source-only baselines: 3 epochs. Deep CORAL and DANN: 5 more epochs from the BN-frozen baseline of the
+same seed (the same weights, not retrained), paper LR schedule mu0 / (1 + 10 p) ** 0.75.
 
 {table}
+
+Reading the table:
+- BatchNorm decides source-only: with BatchNorm in train mode the running statistics are MNIST's
+  (black backgrounds) and MNIST-M collapses to ~0.22; keeping the ImageNet statistics frozen gives ~0.56.
+- AdaBN (BN-train baseline + statistics re-estimated on the unlabelled MNIST-M images) more than doubles
+  the BN-train model (0.22 -> 0.50) but stays below the BN-frozen baseline at this budget.
+- Deep CORAL (weight 30) and DANN (discriminator 2 x 256 at 5x the head's rate, lambda cap 1) both beat the
+  best source-only variant by >= 0.10 on every seed. DANN is the steadier of the two (std 0.006 vs 0.037).
+- Both adapted models get 5 more epochs than the baselines; the `dann-lambda0` ablation below is the same
+  run with the adversarial weight at 0 (so the same extra epochs and target batches): it stays at the
+  baseline, so the gain comes from the adaptation, not from the longer training.
+- Published reference (Ganin et al., a small CNN from scratch): source-only 0.52, DANN 0.77.
 
 Settings: {settings}
 """

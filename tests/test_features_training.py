@@ -54,6 +54,20 @@ def test_cached_and_uncached_runs_match_in_form_and_quality(tiny_folder, tmp_pat
     assert [r["epoch"] for r in records] == [1, 2, 3, 4] and records[0]["trainable_groups"] == ["head"]
 
 
+def _epochs(run) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k != "time_s"} for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_warm_run_repeats_the_cold_run_exactly(tiny_folder, tmp_path, counted):
+    # workers=1: a worker pool must not shift the RNG that dropout and the batch order use afterwards
+    tk.train(tiny_folder, out=str(tmp_path / "cold"), **dict(LEARN, workers=1))
+    embedded = counted["images"]
+    tk.train(tiny_folder, out=str(tmp_path / "warm"), **dict(LEARN, workers=1))
+    assert counted["images"] == embedded, "the warm run embeds nothing"
+    assert _epochs(tmp_path / "cold") == _epochs(tmp_path / "warm")
+    assert (tmp_path / "cold" / "val_predictions.json").read_text() == (tmp_path / "warm" / "val_predictions.json").read_text()
+
+
 def test_second_run_reuses_the_cache_and_the_model_is_complete(tiny_folder, tmp_path, counted):
     tk.train(tiny_folder, out=str(tmp_path / "r1"), **LEARN)
     first = counted["images"]

@@ -177,6 +177,9 @@ def embed_images(
     loader = DataLoader(
         _Files(paths, pre, draft_size, seeds, digests), batch_size=batch_size, shuffle=False, num_workers=n_workers,
         collate_fn=_collate, pin_memory=device.type == "cuda", prefetch_factor=4 if n_workers else None,
+        # its own generator: with workers, a loader otherwise draws their base seed from the global RNG,
+        # so a cold run (which embeds) and a warm run (which does not) would train with different dropout
+        generator=torch.Generator().manual_seed(0),
     )
     was_training = backbone.training
     backbone.eval()
