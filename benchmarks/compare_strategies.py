@@ -6,6 +6,7 @@ Commands (the tables in benchmarks/results/compare_*.md came from exactly these)
     .venv/bin/python benchmarks/compare_strategies.py neu_surface_defects
     .venv/bin/python benchmarks/compare_strategies.py flowers
     .venv/bin/python benchmarks/compare_strategies.py neu_surface_defects --resplit --strategies feature-extraction,finetune,scratch
+    .venv/bin/python benchmarks/compare_strategies.py hymenoptera --input-size 224   # native size, the smallest set
 
 NEU's own val folder holds only 30 images (one error = 3.3 points), too few to check a ">= 0.99" claim;
 ``--resplit`` therefore also splits NEU's 1,770 train images 80/20 (stratified, split seed 0) and reports
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 from pathlib import Path
 
 import transferkit as tk
@@ -39,10 +41,12 @@ def main() -> None:
     parser.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES))
     parser.add_argument("--resplit", action="store_true",
                         help="use DATASET/train only, split 80/20 stratified (a larger val set than a tiny given one)")
+    parser.add_argument("--input-size", type=int, default=SETTINGS["input_size"],
+                        help="backbone input in px (the weights' native size is 224; 112 fits a 2-core CPU)")
     args = parser.parse_args()
-    name = args.dataset + ("_resplit" if args.resplit else "")
+    name = args.dataset + ("_resplit" if args.resplit else "") + (f"_{args.input_size}px" if args.input_size != 112 else "")
     data = ROOT / args.dataset / "train" if args.resplit else ROOT / args.dataset
-    settings = dict(SETTINGS, val_fraction=0.2) if args.resplit else SETTINGS
+    settings = dict(SETTINGS, input_size=args.input_size, **({"val_fraction": 0.2} if args.resplit else {}))
     out = HERE / "runs" / f"compare_{name}"
     # a cache of its own, empty on a fresh run: the first feature-extraction seed's wall time includes
     # embedding every image once, the later seeds reuse it (what a user's second run sees)
@@ -51,11 +55,14 @@ def main() -> None:
     command = " ".join([".venv/bin/python benchmarks/compare_strategies.py", args.dataset]
                        + (["--resplit"] if args.resplit else [])
                        + ([f"--strategies {args.strategies}"] if args.strategies != ",".join(DEFAULT_STRATEGIES) else [])
-                       + ([f"--seeds {args.seeds}"] if args.seeds != 3 else []))
+                       + ([f"--seeds {args.seeds}"] if args.seeds != 3 else [])
+                       + ([f"--input-size {args.input_size}"] if args.input_size != 112 else []))
+    cut = "6 epochs" if args.input_size == 224 else f"input cut from 224 to {args.input_size} px and 6 epochs"
     text = (f"# compare: {name}\n\nCommand: `{command}`\n\nSettings: {settings}, per strategy {PER_STRATEGY} "
-            f"(input cut from 224 to 112 px and 6 epochs to fit a 2-core CPU; feature extraction's first seed "
+            f"({cut} to fit a 2-core CPU; feature extraction's first seed "
             f"fills an empty embedding cache, seeds 1-2 reuse it, so its wall time is cold then warm).\n\n" + comparison_table(result))
     (HERE / "results" / f"compare_{name}.md").write_text(text)
+    shutil.copyfile(out / "comparison.json", HERE / "results" / f"compare_{name}.json")  # per-seed summaries
     print(text)
 
 
