@@ -22,18 +22,20 @@ a fresh measurement.
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import shutil
 from pathlib import Path
 
 import transferkit as tk
 from transferkit.compare import DEFAULT_STRATEGIES, comparison_table
+from transferkit.fileio import portable_paths, write_json
 
 HERE = Path(__file__).resolve().parent
 ROOT = Path(os.environ.get("TRANSFERKIT_DATASETS") or HERE.parents[1] / "shared" / "datasets")
 SETTINGS = dict(backbone="efficientnet_lite0", input_size=112, epochs=6, lr=1e-3, batch_size=32)
 # Feature extraction trains a linear head on cached embeddings: 15 epochs (benchmarks/accuracy.py's recipe)
 # cost seconds, so cutting them to the fine-tuning strategies' 6 would handicap it for no saving.
+PATH_ROOTS = {"$TRANSFERKIT_DATASETS": ROOT, "": HERE.parent}
 PER_STRATEGY = {"feature-extraction": {"epochs": 15}, "lp-ft": {"warmup_epochs": 2}, "gradual": {"unfreeze_every": 1}}
 
 
@@ -60,12 +62,14 @@ def main() -> None:
                        + ([f"--strategies {args.strategies}"] if args.strategies != ",".join(DEFAULT_STRATEGIES) else [])
                        + ([f"--seeds {args.seeds}"] if args.seeds != 3 else [])
                        + ([f"--input-size {args.input_size}"] if args.input_size != 112 else []))
+    # committed files name paths relative to the datasets root or the repository, never this machine's
+    result = portable_paths(json.loads((out / "comparison.json").read_text()), PATH_ROOTS)
     cut = "6 epochs" if args.input_size == 224 else f"input cut from 224 to {args.input_size} px and 6 epochs"
     text = (f"# compare: {name}\n\nCommand: `{command}`\n\nSettings: {settings}, per strategy {PER_STRATEGY} "
             f"({cut} for the strategies that run the backbone, to fit a 2-core CPU; feature extraction's first seed "
             f"fills an empty embedding cache, seeds 1-2 reuse it, so its wall time is cold then warm).\n\n" + comparison_table(result))
     (HERE / "results" / f"compare_{name}.md").write_text(text)
-    shutil.copyfile(out / "comparison.json", HERE / "results" / f"compare_{name}.json")  # per-seed summaries
+    write_json(HERE / "results" / f"compare_{name}.json", result)  # per-seed summaries
     print(text)
 
 

@@ -6,13 +6,14 @@ import contextlib
 import errno
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 from transferkit.errors import CheckpointError
 
-__all__ = ["atomic_write", "write_json", "write_text", "append_jsonl"]
+__all__ = ["atomic_write", "write_json", "write_text", "append_jsonl", "portable_paths"]
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
@@ -104,3 +105,31 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
     p = Path(path)
     old = p.read_text(encoding="utf-8") if p.exists() else ""
     write_text(p, old + json.dumps(record, ensure_ascii=False, default=str) + "\n")
+
+
+def portable_paths(data: Any, roots: Mapping[str, str | os.PathLike[str]]) -> Any:
+    """``data`` with every absolute path under one of ``roots`` rewritten relative to it.
+
+    ``roots`` maps a label to a folder, e.g. ``{"$TRANSFERKIT_DATASETS": datasets, "": repo}``: a string
+    equal to or under that folder becomes ``"<label>/<relative path>"`` (the plain relative path for an
+    empty label). Strings inside other text (``"Data: `/x/y`"``) are rewritten too. Committed result files
+    use this so they hold no path of the machine that produced them and read the same everywhere.
+    Longer roots are tried first, so a repository inside the datasets folder (or the reverse) maps right.
+    """
+    folders = sorted(((os.path.abspath(os.fspath(path)), label) for label, path in roots.items()),
+                     key=lambda item: -len(item[0]))
+
+    def rewrite(text: str) -> str:
+        for folder, label in folders:
+            # the folder itself (followed by a separator, or by anything that cannot continue a name)
+            pattern = re.escape(folder.rstrip("/")) + r"(/|(?![\w.\-]))"
+            text = re.sub(pattern, lambda m: (f"{label}/" if label else "") if m.group(1) else (label or "."), text)
+        return text
+
+    if isinstance(data, str):
+        return rewrite(data)
+    if isinstance(data, Mapping):
+        return {key: portable_paths(value, roots) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [portable_paths(value, roots) for value in data]
+    return data
