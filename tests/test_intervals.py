@@ -1,0 +1,88 @@
+"""Bootstrap intervals and paired differences: right point values, class counts kept, honest coverage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from transferkit.metrics.classification import summary_metrics
+from transferkit.metrics.intervals import (
+    bootstrap_intervals,
+    paired_difference,
+    resampled_metrics,
+    stratified_resamples,
+    verdict,
+)
+
+
+def _probs_from(pred: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Random probabilities whose argmax is ``pred`` (scores vary, so ROC-AUC is not degenerate)."""
+    p = rng.random((len(pred), k))
+    p[np.arange(len(pred)), pred] += 1.0
+    return p / p.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("k, absent_pred", [(2, False), (4, False), (4, True)])
+def test_point_values_equal_summary_metrics(k: int, absent_pred: bool):
+    rng = np.random.default_rng(k)
+    y = rng.integers(0, k, 300)
+    pred = np.where(rng.random(300) < 0.7, y, rng.integers(0, k, 300))
+    if absent_pred:
+        pred[pred == k - 1] = 0  # one class is never predicted: its precision/F1 are 0
+    probs = _probs_from(pred, k, rng)
+    full = resampled_metrics(y, probs, np.arange(len(y))[None, :], k)
+    expected = summary_metrics(y, probs, k)
+    for name, values in full.items():
+        assert values[0] == pytest.approx(expected[name], abs=1e-12), name
+
+
+def test_resamples_keep_every_class_count_and_draw_only_within_a_class():
+    y = np.array([0] * 50 + [1] * 7 + [2] * 3)
+    index = stratified_resamples(y, 500, seed=3)
+    assert index.shape == (500, 60)
+    assert (y[index] == y[None, :]).all()  # position i is always refilled from i's own class
+    assert len(np.unique(index[:, 57:])) == 3  # the 3-image class is resampled among its own 3 images
+
+
+def test_intervals_are_seeded_and_contain_the_point_value():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 200)
+    probs = _probs_from(np.where(rng.random(200) < 0.8, y, (y + 1) % 3), 3, rng)
+    a, b = bootstrap_intervals(y, probs, 3, seed=7), bootstrap_intervals(y, probs, 3, seed=7)
+    assert a == b
+    point = summary_metrics(y, probs, 3)
+    for name, (lo, hi) in a.items():
+        assert lo <= point[name] <= hi, name
+    lo, hi = a["accuracy"]
+    assert 0.08 < hi - lo < 0.14  # about 2 x 1.96 x sqrt(0.8 x 0.2 / 200) = 0.11
+
+
+def test_nominal_95_interval_covers_the_true_accuracy_at_least_90_percent_of_the_time():
+    # EVALUATION.md's coverage check: labels/predictions drawn with a known accuracy, 200 draws
+    rng = np.random.default_rng(123)
+    truth, n, covered = 0.85, 150, 0
+    for draw in range(200):
+        y = rng.integers(0, 2, n)
+        pred = np.where(rng.random(n) < truth, y, 1 - y)
+        lo, hi = bootstrap_intervals(y, _probs_from(pred, 2, rng), 2, n_resamples=1000, seed=draw,
+                                     metrics=("accuracy",))["accuracy"]
+        covered += lo <= truth <= hi
+    assert covered / 200 >= 0.90, covered / 200
+
+
+def test_paired_difference_verdicts():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 400)
+    seeds_a, seeds_b, seeds_c = [], [], []
+    for _ in range(3):
+        right_b = rng.random(400) < 0.75
+        right_a = right_b | (rng.random(400) < 0.6)  # a is right wherever b is, and on most of the rest
+        seeds_a.append(_probs_from(np.where(right_a, y, 1 - y), 2, rng))
+        seeds_b.append(_probs_from(np.where(right_b, y, 1 - y), 2, rng))
+        seeds_c.append(seeds_b[-1].copy())
+    better = paired_difference(y, seeds_a, seeds_b, 2)
+    assert better["verdict"] == "better" and better["difference"] > 0.1 and better["ci95"][0] > 0
+    assert paired_difference(y, seeds_b, seeds_a, 2)["verdict"] == "worse"
+    same = paired_difference(y, seeds_b, seeds_c, 2)
+    assert same["difference"] == 0 and same["verdict"] == "no clear difference"
+    assert verdict(None) == "no clear difference" and verdict([-0.01, 0.02]) == "no clear difference"
