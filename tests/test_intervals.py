@@ -10,6 +10,7 @@ from transferkit.metrics.intervals import (
     bootstrap_intervals,
     paired_difference,
     resampled_metrics,
+    seed_image_interval,
     stratified_resamples,
     verdict,
 )
@@ -86,3 +87,17 @@ def test_paired_difference_verdicts():
     same = paired_difference(y, seeds_b, seeds_c, 2)
     assert same["difference"] == 0 and same["verdict"] == "no clear difference"
     assert verdict(None) == "no clear difference" and verdict([-0.01, 0.02]) == "no clear difference"
+
+
+def test_seed_image_interval_of_one_run_matches_the_image_bootstrap_and_widens_with_seed_spread():
+    rng = np.random.default_rng(9)
+    y = rng.integers(0, 2, 300)
+    run = _probs_from(np.where(rng.random(300) < 0.8, y, 1 - y), 2, rng)
+    one = seed_image_interval(y, [run], 2, n_resamples=1000, seed=4)
+    assert one["mean"] == pytest.approx(summary_metrics(y, run, 2)["accuracy"])
+    lo, hi = one["ci95"]
+    ref_lo, ref_hi = bootstrap_intervals(y, run, 2, n_resamples=1000, seed=4, metrics=("accuracy",))["accuracy"]
+    assert (lo, hi) == pytest.approx((ref_lo, ref_hi), abs=0.02)
+    worse = _probs_from(np.where(rng.random(300) < 0.6, y, 1 - y), 2, rng)
+    spread = seed_image_interval(y, [run, worse], 2, n_resamples=1000, seed=4)["ci95"]
+    assert spread[1] - spread[0] > hi - lo  # disagreeing seeds add their own uncertainty

@@ -1,18 +1,34 @@
-"""Side-by-side comparison of strategies over several seeds, on one fixed split."""
+"""Side-by-side comparison of strategies over several seeds, on one fixed split, with paired verdicts.
+
+What is and is not a difference: every strategy is scored on the same test images with the same seeds.
+For each strategy the table gives its mean over seeds with a 95% interval from a two-level bootstrap
+(seeds resampled with replacement, and test images resampled within each class); against the best
+strategy (highest mean) it gives the paired difference (same seed, same images) with its 95% interval,
+and a verdict: "better"/"worse" when the interval excludes 0, else "no clear difference"
+(``transferkit.metrics.intervals``; Bouthillier et al. 2021). The best was itself chosen on these numbers,
+so a "no clear difference" beside it is the honest reading, and several "worse" verdicts are several
+simultaneous claims (Holm's correction would widen each interval). The table also lists every setting that
+differs between rows besides the strategy (from each run's config.yaml, and the resolved BatchNorm policy).
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+import yaml
+
 from transferkit.api import train
 from transferkit.errors import ConfigError
 from transferkit.fileio import write_json, write_text
+from transferkit.metrics.intervals import paired_difference, seed_image_interval
 
-__all__ = ["compare", "comparison_table", "DEFAULT_STRATEGIES", "METRICS"]
+__all__ = ["compare", "comparison_table", "paired_verdicts", "differing_settings", "DEFAULT_STRATEGIES", "METRICS"]
 
 DEFAULT_STRATEGIES = ("scratch", "feature-extraction", "finetune", "lp-ft", "gradual")
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
@@ -68,10 +84,79 @@ def compare(
             run_dirs.append(str(run_dir))
         result["strategies"][strategy] = {"runs": summaries, "run_dirs": run_dirs, **_aggregate(summaries)}
         write_json(root / "comparison.json", result)
+    result["differences"] = differing_settings(result)
+    result["verdicts"] = paired_verdicts(result)
+    write_json(root / "comparison.json", result)
     write_text(root / "comparison.md", comparison_table(result))
     _write_html(root, result)
     result["out"] = str(root)
     return result
+
+
+# settings that never count as a difference between rows: the strategy itself, its seed and its folder
+_SAME_BY_DESIGN = {"strategy.name", "engine.seed", "out"}
+
+
+def _flat_config(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return {}
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    flat = {f"{section}.{key}": value for section, values in raw.items() if isinstance(values, dict)
+            for key, value in values.items()}
+    plan = run_dir / "plan.json"
+    if plan.is_file():
+        flat["batchnorm (resolved)"] = json.loads(plan.read_text(encoding="utf-8")).get("bn")
+    return flat
+
+
+def differing_settings(result: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """{setting: {strategy: value}} for every setting that is not the same in all rows (first seed's run)."""
+    configs = {name: _flat_config(Path(row["run_dirs"][0])) for name, row in result["strategies"].items() if row.get("run_dirs")}
+    keys = sorted({k for flat in configs.values() for k in flat} - _SAME_BY_DESIGN)
+    out = {}
+    for key in keys:
+        values = {name: flat.get(key) for name, flat in configs.items()}
+        if len({json.dumps(v, sort_keys=True, default=str) for v in values.values()}) > 1:
+            out[key] = values
+    return out
+
+
+def _predictions(run_dir: Path) -> tuple[str, list[str], np.ndarray, np.ndarray]:
+    """(split, paths, labels, probs) of the split a run reports (test when it has one), sorted by path."""
+    for split in ("test", "val"):
+        path = run_dir / f"{split}_predictions.json"
+        if path.is_file():
+            rows = sorted(json.loads(path.read_text(encoding="utf-8")), key=lambda r: r["path"])
+            return (split, [r["path"] for r in rows], np.array([r["label"] for r in rows], dtype=np.int64),
+                    np.array([r["probs"] for r in rows], dtype=np.float64))
+    raise ConfigError(f"{run_dir} has no test_predictions.json or val_predictions.json; re-run that strategy "
+                      "(delete its folder) so the comparison can pair its predictions")
+
+
+def paired_verdicts(result: Mapping[str, Any], metric: str = "accuracy", n_resamples: int = 2000) -> dict[str, Any]:
+    """Per strategy: mean ``metric`` with a seed+image interval, and the paired difference to the best strategy."""
+    loaded = {name: [_predictions(Path(d)) for d in row["run_dirs"]] for name, row in result["strategies"].items()}
+    reference = next(iter(loaded.values()))[0]
+    for name, runs in loaded.items():
+        for split, paths, labels, _ in runs:
+            if paths != reference[1] or not np.array_equal(labels, reference[2]):
+                raise ConfigError(f"compare: the runs of {name!r} were not scored on the same images as the others; "
+                                  "every strategy must share the split (same data folder and split seed)")
+    labels = reference[2]
+    n_classes = int(reference[3].shape[1])
+    probs = {name: [run[3] for run in runs] for name, runs in loaded.items()}
+    means = {name: seed_image_interval(labels, runs, n_classes, metric, n_resamples) for name, runs in probs.items()}
+    best = max(means, key=lambda name: -math.inf if means[name]["mean"] is None else means[name]["mean"])
+    rows = {}
+    for name in probs:
+        row = {"mean": means[name]["mean"], "ci95": means[name]["ci95"]}
+        if name != best and len(probs[name]) == len(probs[best]):
+            diff = paired_difference(labels, probs[name], probs[best], n_classes, metric, n_resamples)
+            row.update({"vs_best": diff["difference"], "vs_best_ci95": diff["ci95"], "verdict": diff["verdict"]})
+        rows[name] = row
+    return {"metric": metric, "split": reference[0], "n_images": int(len(labels)), "n_seeds": len(probs[best]),
+            "best": best, "n_resamples": n_resamples, "strategies": rows}
 
 
 def _write_html(root: Path, result: dict[str, Any]) -> None:
@@ -88,20 +173,53 @@ def _fmt(mean: float | None, std: float | None, digits: int = 4) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def _interval(values: Sequence[float] | None, digits: int = 3) -> str:
+    return "n/a" if values is None else f"[{values[0]:.{digits}f}, {values[1]:.{digits}f}]"
+
+
+def _verdict_cells(verdicts: Mapping[str, Any] | None, name: str) -> list[str]:
+    if not verdicts:
+        return []
+    row = verdicts["strategies"].get(name, {})
+    if name == verdicts["best"]:
+        return [f"{row['mean']:.3f} {_interval(row['ci95'])}", "best", "–"]
+    if "vs_best" not in row:
+        return [f"{row['mean']:.3f} {_interval(row['ci95'])}", "n/a", "n/a"]
+    return [f"{row['mean']:.3f} {_interval(row['ci95'])}", f"{row['vs_best']:+.3f} {_interval(row['vs_best_ci95'])}",
+            row["verdict"]]
+
+
 def comparison_table(result: dict[str, Any]) -> str:
-    """Markdown table: mean ± std over seeds per strategy."""
-    lines = [
-        f"Data: `{result['data']}`, {result['seeds']} seed(s), same split (split seed 0).",
-        "",
-        "| strategy | accuracy | balanced acc. | macro-F1 | ROC-AUC | epochs | wall time (s) | trainable params |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    """Markdown: mean ± std over seeds per strategy and, where computed, the interval and the paired verdict."""
+    verdicts = result.get("verdicts")
+    bn = (result.get("differences") or {}).get("batchnorm (resolved)")
+    head = ["strategy"]
+    if verdicts:
+        metric = verdicts["metric"]
+        head += [f"{metric}, mean [95% CI]", "vs best: paired diff [95% CI]", "verdict"]
+    head += ["accuracy ± std", "balanced acc. ± std", "macro-F1 ± std", "ROC-AUC ± std"]
+    head += (["BN"] if bn else []) + ["epochs", "wall time (s)", "trainable params"]
+    where = (f"{verdicts['n_images']} {verdicts['split']} images, {verdicts['n_seeds']} seed(s)" if verdicts
+             else f"{result['seeds']} seed(s)")
+    lines = [f"Data: `{result['data']}`, {where}, same split (split seed 0).", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in result["strategies"].items():
         m, s = row["mean"], row["std"]
         trainable = f"{row['trainable']:,} ({100 * row['trainable'] / row['total']:.2f}%)"
-        lines.append(
-            f"| {name} | {_fmt(m['accuracy'], s['accuracy'])} | {_fmt(m['balanced_accuracy'], s['balanced_accuracy'])} "
-            f"| {_fmt(m['macro_f1'], s['macro_f1'])} | {_fmt(m['roc_auc'], s['roc_auc'])} "
-            f"| {m['epochs']:.1f} | {_fmt(m['time_s'], s['time_s'], 0)} | {trainable} |"
-        )
+        cells = [name] + _verdict_cells(verdicts, name) + [
+            _fmt(m["accuracy"], s["accuracy"]), _fmt(m["balanced_accuracy"], s["balanced_accuracy"]),
+            _fmt(m["macro_f1"], s["macro_f1"]), _fmt(m["roc_auc"], s["roc_auc"])]
+        cells += ([str(bn.get(name))] if bn else []) + [f"{m['epochs']:.1f}", _fmt(m["time_s"], s["time_s"], 0), trainable]
+        lines.append("| " + " | ".join(cells) + " |")
+    differences = {k: v for k, v in (result.get("differences") or {}).items()}
+    if differences:
+        lines += ["", "Settings that differ between rows besides the strategy: "
+                  + "; ".join(f"{k}: " + ", ".join(f"{n} {v}" for n, v in values.items()) for k, values in differences.items())
+                  + "."]
+    elif "differences" in result:
+        lines += ["", "No setting differs between rows besides the strategy."]
+    if verdicts:
+        lines += ["", f"Intervals: {verdicts['n_resamples']} bootstrap replicates resampling seeds and, within each class, "
+                  f"test images; the verdict reads the paired difference to the best row (chosen on these same numbers, "
+                  f"so 'no clear difference' is the honest reading of a close second)."]
     return "\n".join(lines) + "\n"

@@ -28,6 +28,7 @@ __all__ = [
     "resampled_metrics",
     "bootstrap_intervals",
     "paired_difference",
+    "seed_image_interval",
     "verdict",
 ]
 
@@ -136,6 +137,31 @@ def verdict(interval: Sequence[float] | None) -> str:
     return "no clear difference"
 
 
+def _two_level(per_seed: np.ndarray, seed: int) -> np.ndarray:
+    """Replicates of the mean over seeds: ``per_seed`` is seeds x image-resamples; each replicate draws the
+    seeds with replacement and averages their values on that replicate's image resample."""
+    n_seeds, n_resamples = per_seed.shape
+    picks = np.random.default_rng(seed + 1).integers(0, n_seeds, size=(n_resamples, n_seeds))
+    return per_seed[picks, np.arange(n_resamples)[:, None]].mean(axis=1)
+
+
+def _per_seed(labels: np.ndarray, runs: Sequence[np.ndarray], index: np.ndarray, n_classes: int, metric: str) -> np.ndarray:
+    return np.stack([resampled_metrics(labels, probs, index, n_classes, (metric,))[metric] for probs in runs])
+
+
+def seed_image_interval(labels: Sequence[int], runs: Sequence[np.ndarray], n_classes: int, metric: str = "accuracy",
+                        n_resamples: int = 2000, seed: int = 0, confidence: float = 0.95) -> dict[str, object]:
+    """Mean ``metric`` over runs (seeds) on the same test images, with a seed-and-image bootstrap interval."""
+    if not runs:
+        raise ValueError("seed_image_interval needs at least one run")
+    y = np.asarray(labels, dtype=np.int64)
+    full = np.arange(len(y))[None, :]
+    point = float(np.mean(_per_seed(y, runs, full, n_classes, metric)))
+    replicate = _two_level(_per_seed(y, runs, stratified_resamples(y, n_resamples, seed), n_classes, metric), seed)
+    return {"metric": metric, "mean": point, "ci95": _percentile(replicate, confidence), "n_images": int(len(y)),
+            "n_seeds": len(runs), "n_resamples": n_resamples}
+
+
 def paired_difference(labels: Sequence[int], probs_a: Sequence[np.ndarray], probs_b: Sequence[np.ndarray], n_classes: int,
                       metric: str = "accuracy", n_resamples: int = 2000, seed: int = 0,
                       confidence: float = 0.95) -> dict[str, object]:
@@ -145,14 +171,9 @@ def paired_difference(labels: Sequence[int], probs_a: Sequence[np.ndarray], prob
         raise ValueError("paired_difference needs the same number (>= 1) of runs for both models, paired by seed")
     y = np.asarray(labels, dtype=np.int64)
     full = np.arange(len(y))[None, :]
-    def value(probs: np.ndarray, index: np.ndarray) -> np.ndarray:
-        return resampled_metrics(y, probs, index, n_classes, (metric,))[metric]
-
-    point = float(np.mean([value(a, full)[0] - value(b, full)[0] for a, b in zip(probs_a, probs_b)]))
+    point = float(np.mean(_per_seed(y, probs_a, full, n_classes, metric) - _per_seed(y, probs_b, full, n_classes, metric)))
     index = stratified_resamples(y, n_resamples, seed)
-    diffs = np.stack([value(a, index) - value(b, index) for a, b in zip(probs_a, probs_b)])  # seeds x resamples
-    picks = np.random.default_rng(seed + 1).integers(0, len(probs_a), size=(n_resamples, len(probs_a)))
-    replicate = diffs[picks, np.arange(n_resamples)[:, None]].mean(axis=1)
-    interval = _percentile(replicate, confidence)
+    diffs = _per_seed(y, probs_a, index, n_classes, metric) - _per_seed(y, probs_b, index, n_classes, metric)
+    interval = _percentile(_two_level(diffs, seed), confidence)
     return {"metric": metric, "difference": point, "ci95": interval, "verdict": verdict(interval),
             "n_images": int(len(y)), "n_seeds": len(probs_a), "n_resamples": n_resamples}
