@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,37 @@ def require_dataset(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"real dataset {name!r} not found at {path} (set TRANSFERKIT_DATASETS to its parent folder)")
     return path
+
+
+def in_ci(env: dict[str, str] | None = None) -> bool:
+    """True under CI (``CI=true``, as CI services set it; ``1`` and ``yes`` count too)."""
+    env = os.environ if env is None else env
+    return env.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def find_chromium(env: dict[str, str] | None = None) -> str | None:
+    """$TRANSFERKIT_CHROMIUM (a path or a name), else ``chromium`` / ``chromium-browser`` on $PATH; None if absent."""
+    env = os.environ if env is None else env
+    path = env.get("PATH", os.defpath)
+    wanted = env.get("TRANSFERKIT_CHROMIUM")
+    if wanted:
+        return shutil.which(wanted, path=path)
+    return shutil.which("chromium", path=path) or shutil.which("chromium-browser", path=path)
+
+
+def require_chromium(env: dict[str, str] | None = None) -> str:
+    """The browser for the report render tests. Without one they skip, except under CI, where they fail:
+    CI must not pass with no browser test run (``scripts/install-chromium.sh`` installs it)."""
+    env = os.environ if env is None else env
+    found = find_chromium(env)
+    if found:
+        return found
+    wanted = env.get("TRANSFERKIT_CHROMIUM")
+    reason = (f"TRANSFERKIT_CHROMIUM={wanted!r} is not an executable" if wanted else "chromium is not installed")
+    if in_ci(env):
+        pytest.fail(f"{reason}, and CI=true requires the browser tests to run "
+                    "(scripts/install-chromium.sh installs it; `make test` runs it)", pytrace=False)
+    pytest.skip(f"{reason} (run scripts/install-chromium.sh, or `make test`, which does)")
 
 
 @pytest.fixture(autouse=True)

@@ -26,7 +26,7 @@ from transferkit.report import plots
 from transferkit.report.filters import first_layer_filters
 from transferkit.report.gradcam import gradcam_maps, target_layer
 
-from conftest import TINY, make_image_folder, require_dataset
+from conftest import TINY, make_image_folder
 
 RUN_SECTIONS = ["summary", "curves", "confusion", "per-class", "roc", "calibration", "gallery", "filters", "skipped", "config"]
 
@@ -319,14 +319,4 @@ def test_plots_handle_degenerate_inputs():
     assert decode_uri(uri).size[0] > 300
 
 
-# --- real data --------------------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_real_run_report_explains_insects(tmp_path: Path):
-    """hymenoptera, feature extraction, 1 epoch: the report is complete and its gallery has overlays."""
-    data = require_dataset("hymenoptera")
-    run = tk.train(data, strategy="feature-extraction", epochs=1, out=str(tmp_path / "run"), quiet=True).run_dir
-    page = assert_self_contained(run / "report.html")
-    assert page.ids == RUN_SECTIONS and page.gallery_items == 16
-    assert sum(u.startswith("data:image/jpeg") for u in page.images) == 32
+# The real-data report check (hymenoptera) runs in the default suite: tests/test_e2e_real.py.
