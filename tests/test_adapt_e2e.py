@@ -69,9 +69,27 @@ def test_each_method_writes_a_usable_run_folder(domains: dict[str, Path], tmp_pa
     result = adapt(domains["source"], domains["target"], method=method, target_labels_for_eval=domains["target"],
                    out=str(out), quiet=True, adapt_options={"projection": "tsne" if method == "dann" else "pca"}, **FAST)
     s = result.summary
+    # A 1 + 1 epoch run at 32 px on 12 source images cannot be held to an accuracy, only to its bookkeeping.
+    # Measured at training seeds 0-4: every method's source-only baseline scores 0.50-0.5625 on the 16 target
+    # images (chance 0.5: it calls nearly all of them one class; source_val is 0.5 too), the adapted model
+    # 0.25-0.69 (AdaBN) or 0.50-0.5625 (DANN, CORAL); at 3 + 3 epochs still 0.31-0.50. And the inverted colours
+    # flip the classes: a baseline that does learn the source (lr 1e-2, 3 epochs, seed 1) scores 0.0 on the
+    # target, so no threshold above chance would hold on these domains. So the numbers are checked for
+    # consistency: per-class counts, accuracy = mean per-class accuracy, the summary = target_metrics.json.
+    target_metrics = json.loads((out / "target_metrics.json").read_text())
     for side in ("source_only", "adapted"):
-        assert 0.0 <= s[side]["target"]["accuracy"] <= 1.0
-        assert set(s[side]["target_per_class_accuracy"]) == set(CLASSES)
+        target, per_class = s[side]["target"], s[side]["target_per_class_accuracy"]
+        assert set(per_class) == set(CLASSES)
+        assert all((value * CLASSES[name]).is_integer() for name, value in per_class.items())  # k of 8 right
+        # 8 + 8 target images: accuracy is the mean of the per-class accuracies, and equals balanced accuracy
+        assert target["accuracy"] == pytest.approx(np.mean(list(per_class.values())))
+        assert target["balanced_accuracy"] == pytest.approx(target["accuracy"])
+        assert 0.0 <= target["roc_auc"] <= 1.0 and target["nll"] > 0
+        assert target_metrics[side]["metrics"] == pytest.approx(target)  # the summary and the file agree
+        assert {name: row["recall"] for name, row in target_metrics[side]["per_class"].items()} == pytest.approx(per_class)
+    assert s["target_accuracy_gain"] == pytest.approx(s["adapted"]["target"]["accuracy"] - s["source_only"]["target"]["accuracy"])
+    if method == "source-only":  # no adaptation: the "adapted" model is the baseline
+        assert s["adapted"]["target"] == s["source_only"]["target"] and s["target_accuracy_gain"] == 0
     assert s["method"] == method and s["figures"]["projection"] == "projection.png"
     assert s["bn"] == BN_BY_METHOD[method] and (s["adabn_images"] > 0) == (method == "adabn")
     assert (out / "projection.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
