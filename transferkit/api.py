@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from transferkit.config import RunCfg, apply_overrides, config_from_dict, load_config
+from transferkit.config import FLAT_KEYS, RunCfg, apply_overrides, config_from_dict, load_config
 from transferkit.data.datasets import ImageDataset, make_loader
 from transferkit.data.decode import IMAGE_EXTENSIONS
 from transferkit.data.scan import Sample, ScanResult, detect_layout, scan_class_folder, scan_dataset, validate
@@ -27,41 +27,6 @@ from transferkit.metrics.classification import detailed_metrics
 
 __all__ = ["train", "resume", "evaluate", "predict", "load_run", "build_config", "FLAT_KEYS"]
 
-# Friendly keyword / flag names -> dotted config keys.
-FLAT_KEYS = {
-    "backbone": "model.backbone",
-    "weights": "model.weights",
-    "head": "model.head",
-    "input_size": "model.input_size",
-    "dropout": "model.dropout",
-    "strategy": "strategy.name",
-    "unfreeze": "strategy.unfreeze",
-    "warmup_epochs": "strategy.warmup_epochs",
-    "unfreeze_every": "strategy.unfreeze_every",
-    "layer_decay": "strategy.layer_decay",
-    "group_lr_scales": "strategy.group_lr_scales",
-    "backbone_lr_scale": "strategy.backbone_lr_scale",
-    "bn": "strategy.bn",
-    "l2sp": "strategy.l2sp",
-    "lr": "optim.lr",
-    "weight_decay": "optim.weight_decay",
-    "label_smoothing": "optim.label_smoothing",
-    "epochs": "engine.epochs",
-    "batch_size": "engine.batch_size",
-    "seed": "engine.seed",
-    "patience": "engine.patience",
-    "device": "engine.device",
-    "cache": "engine.cache",
-    "cache_dir": "engine.cache_dir",
-    "cache_views": "engine.cache_views",
-    "val_fraction": "data.val_fraction",
-    "split_seed": "data.split_seed",
-    "augment": "data.augment",
-    "workers": "data.workers",
-    "out": "out",
-}
-
-
 def build_config(
     data: str | os.PathLike | None = None,
     config: str | os.PathLike | Mapping[str, Any] | None = None,
@@ -69,6 +34,17 @@ def build_config(
     **kwargs: Any,
 ) -> RunCfg:
     """Config file (or dict) < dotted ``overrides`` < keyword arguments (FLAT_KEYS names)."""
+    raw, dotted = _config_sources(data, config, overrides, kwargs)
+    return config_from_dict(apply_overrides(raw, dotted))
+
+
+def _config_sources(
+    data: str | os.PathLike | None,
+    config: str | os.PathLike | Mapping[str, Any] | None,
+    overrides: Mapping[str, Any] | None,
+    kwargs: Mapping[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(nested values of the config file or dict, dotted values of overrides and keywords)."""
     raw: dict[str, Any] = {}
     if config is not None:
         raw = dict(config) if isinstance(config, Mapping) else load_config(config)
@@ -79,7 +55,21 @@ def build_config(
         dotted[FLAT_KEYS[key]] = value
     if data is not None:
         dotted["data.path"] = str(data)
-    return config_from_dict(apply_overrides(raw, dotted))
+    return raw, dotted
+
+
+def explicit_keys(raw: Mapping[str, Any], dotted: Mapping[str, Any]) -> frozenset[str]:
+    """Dotted keys the user set: every key of the config file, every override or keyword that is not None.
+
+    A value equal to the default still counts: ``--epochs 10`` is a decision, not an omission.
+    """
+    keys = {key for key, value in dotted.items() if value is not None}
+    for section, values in raw.items():
+        if isinstance(values, Mapping):
+            keys.update(f"{section}.{key}" for key in values)
+        elif values is not None:
+            keys.add(section)  # top-level keys such as "out"
+    return frozenset(keys)
 
 
 def train(
@@ -98,12 +88,16 @@ def train(
         overrides: dotted keys, e.g. {"engine.epochs": 3}.
         quiet: no console output.
         **kwargs: friendly names (see FLAT_KEYS): backbone, strategy, epochs, lr, batch_size, seed, out ...
+
+    With ``strategy="auto"`` the recommender chooses the strategy and fills the settings the user left
+    unset; keywords, ``overrides`` and config-file values always win over the recommendation.
     """
-    cfg = build_config(data, config, overrides, **kwargs)
-    if cfg.strategy.name == "auto":
+    raw, dotted = _config_sources(data, config, overrides, kwargs)
+    cfg = config_from_dict(apply_overrides(raw, dotted))
+    if cfg.strategy.name == "auto":  # the recommendation fills only what the user left unset
         from transferkit.strategy.recommend import resolve_auto
 
-        cfg = resolve_auto(cfg, quiet=quiet)
+        cfg = resolve_auto(cfg, quiet=quiet, explicit=explicit_keys(raw, dotted))
     return Trainer(cfg, quiet=quiet).fit()
 
 

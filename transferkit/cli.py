@@ -67,8 +67,21 @@ def train(
     group_lr_scales: Optional[str] = typer.Option(None, help="Explicit per-group multipliers, comma separated, stem first."),
     bn: Optional[str] = typer.Option(None, help="BatchNorm policy: auto | frozen | train."),
     l2sp: Optional[float] = typer.Option(None, help="L2-SP strength toward the pretrained weights."),
+    backbone_lr_scale: Optional[float] = typer.Option(
+        None, help="Backbone rate as a multiple of --lr when no --layer-decay/--group-lr-scales (default 0.1)."),
     input_size: Optional[int] = typer.Option(None, help="Override the backbone's input resolution."),
+    mean: Optional[str] = typer.Option(
+        None, help="Normalisation mean, 3 comma-separated values (default: the backbone's pretrained config)."),
+    std: Optional[str] = typer.Option(
+        None, help="Normalisation std, 3 comma-separated positive values (default: the backbone's)."),
     head: Optional[str] = typer.Option(None, help="linear | mlp"),
+    dropout: Optional[float] = typer.Option(None, help="Dropout before the head, in [0, 1)."),
+    weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay."),
+    label_smoothing: Optional[float] = typer.Option(None, help="Label smoothing of the cross-entropy loss."),
+    augment: Optional[str] = typer.Option(None, help="Training augmentation: none | light."),
+    val_fraction: Optional[float] = typer.Option(None, help="Validation share when DATA has no val/ folder."),
+    split_seed: Optional[int] = typer.Option(None, help="Seed of the train/val split."),
+    workers: Optional[int] = typer.Option(None, help="Data loader workers (-1: from the number of cores)."),
     patience: Optional[int] = typer.Option(None, help="Early stopping patience in epochs (0 = off)."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N"),
     cache: Optional[bool] = typer.Option(None, "--cache/--no-cache", help="Cache frozen-backbone embeddings."),
@@ -80,7 +93,9 @@ def train(
     resume: Optional[Path] = typer.Option(None, help="Continue an interrupted run folder."),
 ) -> None:
     """Train a classifier on an image folder and write a run folder."""
+    given = dict(locals())  # every parameter named like a FLAT_KEYS entry is a setting
     import transferkit.api as api
+    from transferkit.config import FLAT_KEYS
 
     def go() -> None:
         if resume is not None:
@@ -90,15 +105,8 @@ def train(
 
         if data is None and config is None:
             raise ConfigError("pass DATA (an image folder) or --config FILE with data.path")
-        flags = dict(
-            backbone=backbone, weights=None if weights is None else str(weights), strategy=strategy, epochs=epochs,
-            lr=lr, batch_size=batch_size, seed=seed, unfreeze=unfreeze, warmup_epochs=warmup_epochs,
-            unfreeze_every=unfreeze_every, layer_decay=layer_decay, group_lr_scales=group_lr_scales, bn=bn,
-            l2sp=l2sp, input_size=input_size, head=head, patience=patience, device=device, cache=cache,
-            cache_dir=None if cache_dir is None else str(cache_dir), cache_views=cache_views,
-            out=None if out is None else str(out),
-        )
-        api.train(data, config=config, overrides=_parse_sets(set_), **{k: v for k, v in flags.items() if v is not None})
+        flags = {k: str(v) if isinstance(v, Path) else v for k, v in given.items() if k in FLAT_KEYS and v is not None}
+        api.train(data, config=config, overrides=_parse_sets(set_), **flags)
 
     _run(go)
 

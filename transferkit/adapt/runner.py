@@ -91,7 +91,8 @@ class Adapter:
     def _setup(self) -> None:
         cfg = self.cfg
         seed_everything(cfg.engine.seed)
-        self.spec = resolve_spec(cfg.model.backbone, cfg.model.weights).with_input_size(cfg.model.input_size)
+        self.spec = resolve_spec(cfg.model.backbone, cfg.model.weights).with_input_size(
+            cfg.model.input_size).with_normalization(cfg.model.mean, cfg.model.std)
         draft = resize_size(self.spec)
         self.data = prepare_data(cfg.data, draft_size=draft)
         self.target, target_skipped = unlabelled_samples(self.acfg.target, draft, check=cfg.data.validate)

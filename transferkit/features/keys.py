@@ -7,7 +7,8 @@ Two hashes name every cached row:
 * the **namespace** is a hash of everything else that changes the numbers: backbone name and
   architecture, a hash of the weights actually loaded, the exact transform (its description *and*
   torchvision's repr, so a changed parameter misses), input size, JPEG draft size (draft decoding
-  changes pixels), the compute precision, and which view (eval, or augmented view j) it is.
+  changes pixels), the compute precision, the torch, torchvision and timm versions (an upgrade can change
+  the model graph, the kernels or the resize arithmetic), and which view (eval, or augmented view j) it is.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from functools import lru_cache
 from typing import Any, Sequence
 
 import numpy as np
+import timm
 import torch
+import torchvision
 from torch import nn
 
 from transferkit.data.transforms import describe_transform, eval_transform, resize_size, train_transform
@@ -33,6 +36,7 @@ __all__ = [
     "digest_files",
     "weights_digest",
     "model_identity",
+    "library_versions",
     "view_identity",
     "namespace_key",
     "view_seed",
@@ -99,6 +103,11 @@ def weights_digest(spec: BackboneSpec, weights: str | None, pretrained: bool, ba
     return "state:" + _state_dict_digest(backbone)
 
 
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that compute an embedding, read when the key is built."""
+    return {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__), "timm": str(timm.__version__)}
+
+
 def model_identity(
     spec: BackboneSpec, weights_hash: str, draft_size: int | None, precision: str = "fp32"
 ) -> dict[str, Any]:
@@ -112,6 +121,7 @@ def model_identity(
         "feature_dim": spec.feature_dim,
         "draft_size": draft_size,
         "precision": precision,
+        "versions": library_versions(),
     }
 
 

@@ -57,6 +57,17 @@ class BackboneSpec:
         """The same spec at another input resolution (crop fraction kept)."""
         return self if not size else dataclasses.replace(self, input_size=int(size))
 
+    def with_normalization(
+        self, mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None
+    ) -> "BackboneSpec":
+        """The same spec normalising with ``mean``/``std`` (each None keeps the pretrained config's value).
+
+        Weights from a file may come from a recipe with other statistics than timm's pretrained config;
+        transforms, the GPU path and the embedding cache all read mean/std from the spec.
+        """
+        changes = {k: tuple(float(x) for x in v) for k, v in (("mean", mean), ("std", std)) if v is not None}
+        return dataclasses.replace(self, **changes) if changes else self
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

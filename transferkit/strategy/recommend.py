@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import shlex
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -24,11 +25,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from transferkit.config import DataCfg, RunCfg
+from transferkit.config import (
+    FLAT_KEYS,
+    DataCfg,
+    EngineCfg,
+    OptimCfg,
+    RunCfg,
+    StrategyCfg,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+)
 from transferkit.data.datasets import ImageDataset, make_loader, prepare_data
 from transferkit.data.transforms import eval_transform, resize_size
 from transferkit.models.backbones import build_backbone, resolve_spec
 from transferkit.models.transfer import BN_TYPES
+from transferkit.strategy.plan import make_plan
 
 __all__ = ["Recommendation", "recommend", "resolve_auto", "bn_shift", "FAR_DOMAIN_SHIFT"]
 
@@ -40,6 +52,11 @@ FAR_DOMAIN_SHIFT = 0.25
 # The seeds' decision table, images per class.
 SMALL_PER_CLASS = 1000
 LARGE_PER_CLASS = 10000
+DEFAULT_BACKBONE = "efficientnet_lite0"
+# These settings all decide the backbone's rates (group_lr_scales > layer_decay > backbone_lr_scale), so a
+# user who chose one of them keeps control of all three: a recommended layer decay would silently
+# override an explicit --backbone-lr-scale.
+RATE_KEYS = frozenset({"strategy.layer_decay", "strategy.backbone_lr_scale", "strategy.group_lr_scales"})
 
 
 @dataclass
@@ -49,6 +66,22 @@ class Recommendation:
     reasons: list[str]
     measurements: dict[str, Any]
 
+    def overrides(self) -> dict[str, Any]:
+        """The recommendation as dotted config keys, ``strategy.name`` included."""
+        return {**{FLAT_KEYS[key]: value for key, value in self.settings.items()}, "strategy.name": self.strategy}
+
+    def command(self) -> list[str]:
+        """``transferkit train`` arguments that reproduce the recommendation on the measured data and backbone."""
+        m = self.measurements
+        context = {"backbone": m.get("backbone"), "weights": m.get("weights"), "input_size": m.get("input_size"),
+                   "mean": m.get("mean"), "std": m.get("std")}
+        if context["backbone"] == DEFAULT_BACKBONE:
+            context["backbone"] = None  # the default needs no flag
+        argv = ["transferkit", "train", str(m.get("data") or "DATA"), "--strategy", self.strategy]
+        for key, value in {**context, **self.settings}.items():
+            argv += _as_flag(key, value)
+        return argv
+
     def explain(self) -> str:
         m = self.measurements
         lines = [
@@ -57,12 +90,25 @@ class Recommendation:
             f"domain distance (BatchNorm statistics shift vs ImageNet): {m['bn_shift']:.2f} "
             f"({'far' if m['far_domain'] else 'near'}; far above {FAR_DOMAIN_SHIFT})",
             f"frozen-feature 1-NN accuracy on {m['probe_images']} images: {m['knn_accuracy']:.2f}",
-            f"recommended: {self.strategy} " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in self.settings.items()),
+            f"recommended: {self.strategy}",
         ]
-        return "\n".join(lines + [f"  because {r}" for r in self.reasons])
+        lines += [f"  because {r}" for r in self.reasons]
+        return "\n".join(lines + ["command:", "  " + shlex.join(self.command())])
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _as_flag(key: str, value: Any) -> list[str]:
+    """One flat setting as `transferkit train` arguments (every FLAT_KEYS name is a flag of train)."""
+    if value is None:
+        return []
+    flag = "--" + key.replace("_", "-")
+    if isinstance(value, bool):
+        return [flag if value else "--no-" + key.replace("_", "-")]
+    if isinstance(value, (tuple, list)):
+        return [flag, ",".join(repr(float(v)) for v in value)]
+    return [flag, repr(value) if isinstance(value, float) else str(value)]
 
 
 def _gaussian_sym_kl(mu1: torch.Tensor, var1: torch.Tensor, mu2: torch.Tensor, var2: torch.Tensor) -> torch.Tensor:
@@ -117,10 +163,11 @@ def _probe_subset(samples: list, per_class: int, seed: int) -> list:
     return chosen
 
 
-def measure(data: DataCfg, backbone: str = "efficientnet_lite0", weights: str | None = None,
-            probe_images: int = 64, input_size: int | None = None) -> dict[str, Any]:
+def measure(data: DataCfg, backbone: str = DEFAULT_BACKBONE, weights: str | None = None,
+            probe_images: int = 64, input_size: int | None = None,
+            mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None) -> dict[str, Any]:
     """Dataset size/balance, BN-statistics shift and frozen 1-NN accuracy on a small probe subset."""
-    spec = resolve_spec(backbone, weights).with_input_size(input_size)
+    spec = resolve_spec(backbone, weights).with_input_size(input_size).with_normalization(mean, std)
     splits = prepare_data(dataclasses.replace(data, validate=False), draft_size=resize_size(spec))
     counts = Counter(s.label for s in splits.train)
     per_class = max(2, math.ceil(probe_images / len(splits.classes)))
@@ -130,7 +177,13 @@ def measure(data: DataCfg, backbone: str = "efficientnet_lite0", weights: str | 
     model = build_backbone(spec, weights=weights)
     shift, features = bn_shift(model, batch["images"])
     return {
+        "data": data.path,
         "backbone": backbone,
+        "weights": weights,
+        "input_size": input_size,
+        "mean": mean,
+        "std": std,
+        "layer_groups": list(spec.layer_groups),
         "n_train": len(splits.train),
         "n_classes": len(splits.classes),
         "min_per_class": min(counts.values()),
@@ -144,19 +197,43 @@ def measure(data: DataCfg, backbone: str = "efficientnet_lite0", weights: str | 
     }
 
 
+def _layer_groups(m: dict[str, Any]) -> list[str]:
+    """The measured backbone's layer groups (resolved from its name when the measurements lack them)."""
+    groups = m.get("layer_groups")
+    if groups is None:
+        groups = resolve_spec(m.get("backbone") or DEFAULT_BACKBONE, m.get("weights")).layer_groups
+    return list(groups)
+
+
+def _rates(strategy: str, settings: dict[str, Any], groups: list[str]) -> str:
+    """How fast the backbone learns under the recommended plan, with the numbers taken from the plan itself."""
+    values = {FLAT_KEYS[k].split(".", 1)[1]: v for k, v in settings.items() if FLAT_KEYS[k].startswith("strategy.")}
+    epochs = int(settings.get("epochs", EngineCfg.epochs))
+    lr = float(settings.get("lr", OptimCfg.lr))
+    plan = make_plan(StrategyCfg(name=strategy, **values), groups, epochs)
+    rate = {g: max(plan.at(e)[g] for e in range(epochs)) for g in groups}  # each group's rate once it trains
+    trained = [g for g in groups if rate[g] > 0]
+    slowest = min(trained, key=lambda g: rate[g])
+    return (f"{len(trained)} of the backbone's {len(groups)} layer groups train; the slowest ({slowest}) learns at "
+            f"{rate[slowest]:.3g}x the head's rate ({lr * rate[slowest]:.2g} vs {lr:g}), "
+            f"~{1 / rate[slowest]:.0f}x slower")
+
+
 def decide(m: dict[str, Any]) -> Recommendation:
     """The seeds' decision table, applied to the measurements."""
     per_class = m["median_per_class"]
     size_text = f"the median class has {per_class} training images"
     if m["far_domain"]:
+        settings = {"epochs": 15 if per_class < SMALL_PER_CLASS else 10, "lr": 1e-3, "layer_decay": 0.7,
+                    "bn": "train", "augment": "light"}
         return Recommendation(
             "finetune",
-            {"epochs": 15 if per_class < SMALL_PER_CLASS else 10, "lr": 1e-3, "layer_decay": 0.7, "bn": "train",
-             "augment": "light"},
+            settings,
             [f"the images are far from ImageNet (BatchNorm shift {m['bn_shift']:.2f} > {FAR_DOMAIN_SHIFT}): "
              "frozen features and statistics do not fit, so every layer must adapt",
              "seeds' table, 'any size, very different domain': fine-tune all layers with augmentation and "
-             "smaller rates deeper down (layer decay 0.7: the stem learns ~100x slower than the head)",
+             f"smaller rates deeper down (layer decay {settings['layer_decay']}): "
+             + _rates("finetune", settings, _layer_groups(m)),
              "BatchNorm in train mode so its statistics move to the new domain"],
             m,
         )
@@ -170,36 +247,49 @@ def decide(m: dict[str, Any]) -> Recommendation:
             m,
         )
     if per_class < LARGE_PER_CLASS:
+        settings = {"epochs": 10, "lr": 1e-3, "unfreeze": 2, "backbone_lr_scale": 0.1}
         return Recommendation(
             "partial",
-            {"epochs": 10, "lr": 1e-3, "unfreeze": 2, "backbone_lr_scale": 0.1},
+            settings,
             [f"near domain, {size_text} ({SMALL_PER_CLASS}-{LARGE_PER_CLASS}): seeds' table says fine-tune the "
-             "last 1-2 layer groups at 1e-4 with a 1e-3 head"],
+             f"last {settings['unfreeze']} layer groups below the head: " + _rates("partial", settings, _layer_groups(m))],
             m,
         )
+    settings = {"epochs": 10, "lr": 1e-3, "warmup_epochs": 2, "backbone_lr_scale": 0.1}
     return Recommendation(
         "lp-ft",
-        {"epochs": 10, "lr": 1e-3, "warmup_epochs": 2, "backbone_lr_scale": 0.1},
-        [f"near domain, {size_text} (> {LARGE_PER_CLASS}): enough data to fine-tune all layers; "
-         "warm the head up for 2 epochs first so its random gradients do not disturb the backbone"],
+        settings,
+        [f"near domain, {size_text} (> {LARGE_PER_CLASS}): enough data to fine-tune all layers; warm the head up "
+         f"for {settings['warmup_epochs']} epochs first so its random gradients do not disturb the backbone; then "
+         + _rates("lp-ft", settings, _layer_groups(m))],
         m,
     )
 
 
-def recommend(data: str, backbone: str = "efficientnet_lite0", weights: str | None = None,
-              input_size: int | None = None) -> Recommendation:
+def recommend(data: str, backbone: str = DEFAULT_BACKBONE, weights: str | None = None,
+              input_size: int | None = None, mean: tuple[float, ...] | None = None,
+              std: tuple[float, ...] | None = None) -> Recommendation:
     """Measure ``data`` and return the recommended strategy with its reasons."""
-    return decide(measure(DataCfg(path=str(data)), backbone, weights, input_size=input_size))
+    return decide(measure(DataCfg(path=str(data)), backbone, weights, input_size=input_size, mean=mean, std=std))
 
 
-def resolve_auto(cfg: RunCfg, quiet: bool = False) -> RunCfg:
-    """Replace strategy 'auto' by the recommendation (explicit user settings are kept only for data/engine)."""
-    from transferkit.api import FLAT_KEYS
-    from transferkit.config import apply_overrides, config_from_dict, config_to_dict
+def resolve_auto(cfg: RunCfg, quiet: bool = False, explicit: frozenset[str] | set[str] = frozenset()) -> RunCfg:
+    """Replace strategy 'auto' by the recommendation, filling only the settings not in ``explicit``.
 
-    rec = decide(measure(cfg.data, cfg.model.backbone, cfg.model.weights, input_size=cfg.model.input_size))
+    ``explicit`` holds the dotted keys the user set (flags, overrides, config-file values): they keep the
+    user's value even when the recommendation differs. Without it every recommended setting applies.
+    """
+    m = cfg.model
+    rec = decide(measure(cfg.data, m.backbone, m.weights, input_size=m.input_size, mean=m.mean, std=m.std))
+    wanted = rec.overrides()
+    user_rates = bool(RATE_KEYS & set(explicit))
+    kept = sorted(k for k in wanted if k != "strategy.name" and (k in explicit or (user_rates and k in RATE_KEYS)))
+    applied = {k: v for k, v in wanted.items() if k not in kept}
+    resolved = config_from_dict(apply_overrides(config_to_dict(cfg), applied))
     if not quiet:
         print(rec.explain())
-    dotted = {FLAT_KEYS[k]: v for k, v in rec.settings.items()}
-    dotted["strategy.name"] = rec.strategy
-    return config_from_dict(apply_overrides(config_to_dict(cfg), dotted))
+        if kept:
+            current = config_to_dict(resolved)
+            shown = [f"{k}={current[k.split('.')[0]][k.split('.')[1]]}" for k in kept]
+            print(f"kept your settings instead of the recommended ones: {', '.join(shown)}")
+    return resolved
