@@ -14,8 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from timm.layers import convert_sync_batchnorm as timm_convert_sync_batchnorm
 
-__all__ = ["DistInfo", "setup_distributed", "is_main", "all_reduce_sums", "gather_predictions", "barrier", "cleanup"]
+from transferkit.errors import ConfigError
+
+__all__ = ["DistInfo", "setup_distributed", "is_main", "all_reduce_sums", "gather_predictions", "barrier", "cleanup",
+           "convert_sync_batchnorm", "use_sync_bn"]
 
 
 @dataclass(frozen=True)
@@ -112,3 +116,33 @@ def wrap_for_training(model: torch.nn.Module, trainable: list[torch.nn.Parameter
     if compile_model:
         wrapped = torch.compile(wrapped)
     return wrapped
+
+
+def convert_sync_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with every BatchNorm layer synchronised across the processes (same parameters, same statistics).
+
+    timm's version, not torch's: timm backbones fuse BatchNorm with its activation (``BatchNormAct2d``,
+    BN + ReLU6 in EfficientNet-Lite), and torch's conversion turns that into a plain SyncBatchNorm,
+    silently dropping the activation. timm's keeps it (``SyncBatchNormAct``) and converts plain
+    BatchNorm layers as torch does. The parameters are the same objects afterwards, so convert before
+    building the optimizer or not at all.
+    """
+    return timm_convert_sync_batchnorm(model)
+
+
+def use_sync_bn(setting: str, info: DistInfo, device: torch.device, batchnorm_trains: bool) -> bool:
+    """Whether to convert BatchNorm to SyncBatchNorm: ``engine.sync_bn`` (auto | true | false) resolved.
+
+    Only several processes whose BatchNorm statistics move need it. ``auto`` turns it on on CUDA;
+    on the CPU torch's SyncBatchNorm refuses to train, so there every process normalises its own
+    share of the batch (multi-process metrics then differ from single-process ones).
+    """
+    if setting == "false" or not info.enabled or not batchnorm_trains:
+        return False
+    if device.type == "cuda":
+        return True
+    if setting == "true":
+        raise ConfigError(f"engine.sync_bn=true needs CUDA devices, but this run trains BatchNorm on {device.type} "
+                          "(torch's SyncBatchNorm trains on GPUs only); use engine.sync_bn=auto or false, "
+                          "or --bn frozen, or run on GPUs")
+    return False

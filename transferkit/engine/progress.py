@@ -36,7 +36,10 @@ class Reporter:
             + (f" / {len(data.test)} test" if data.test else "")
             + (f", {len(data.skipped)} file(s) skipped (listed in skipped.json)" if data.skipped else "")
         )
-        self.say(f"backbone: {trainer.spec.name} ({trainer.spec.input_size}px) on {trainer.device}")
+        self.say(f"backbone: {trainer.spec.name} ({trainer.spec.input_size}px) on {trainer.device}"
+                 + (", SyncBatchNorm across processes" if getattr(trainer, "sync_bn", False) else ""))
+        if getattr(trainer, "cpu", None) is not None:
+            self.say(trainer.cpu.describe())
         self.say(trainer.plan.describe())
         self.say(f"training {format_count(trainable)} of {format_count(total)} parameters ({100 * trainable / total:.2f}%)")
         self.say(f"run folder: {trainer.run_dir}")

@@ -10,13 +10,11 @@
   much faster in NHWC, and inference mode skips autograd bookkeeping entirely.
 * BatchNorm folded into the convolutions of a copy of the frozen backbone (:mod:`.fuse`).
 * Thread counts: one decoding worker up to 4 cores, and the forward gets the remaining cores, so
-  the two never fight over a core (:func:`forward_threads`).
+  the two never fight over a core (the one CPU policy, :func:`transferkit.data.datasets.cpu_plan`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
@@ -26,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2 as T
 
+from transferkit.data.datasets import cpu_plan, torch_threads
 from transferkit.data.decode import load_rgb
 from transferkit.engine.loop import autocast_for
 from transferkit.errors import DataError
@@ -91,35 +90,18 @@ def _collate(batch: list[tuple[Any, int, str | None]]) -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Temporarily set torch's intra-op thread count (None: leave it)."""
-    if not n:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def default_embed_workers(requested: int = -1) -> int:
-    """One decoding worker up to 4 cores (the forward dominates), then a quarter of the cores."""
-    if requested >= 0:
-        return requested
-    cores = os.cpu_count() or 1
-    return 1 if cores <= 4 else max(1, min(8, cores // 4))
+    """Decoding workers for embedding: the one CPU policy (:func:`transferkit.data.datasets.cpu_plan`)."""
+    return cpu_plan(requested).workers
 
 
 def forward_threads(workers: int) -> int:
-    """torch threads for the forward: the cores torch would use, minus the decoding workers.
+    """torch threads for the forward beside ``workers`` decoding workers (:func:`~transferkit.data.datasets.cpu_plan`).
 
     Oversubscribing (2 threads + 1 worker on 2 cores) stalls every intra-op barrier whenever the
     worker runs; benchmarks/speed.py measured 1 thread + 1 worker clearly faster on a 2-core machine.
     """
-    return max(1, torch.get_num_threads() - workers)
+    return cpu_plan(workers).threads
 
 
 @dataclass
