@@ -196,6 +196,18 @@ def test_streamed_and_in_memory_batches_are_identical(backbone, tiny_folder, tmp
     assert first != [b["indices"].tolist() for b in memory.batches(8, shuffle=True, seed=3, epoch=2)]
 
 
+def test_probe_rows_are_every_view_of_every_item_in_memory_or_streamed(backbone, tiny_folder, tmp_path):
+    paths = image_paths(tiny_folder)[:6]
+    cache = make_cache(backbone, tmp_path)
+    views = [cache.lookup(paths, view) for view in (0, 1)]
+    labels = [0, 1, 2, 0, 1, 2]
+    memory, streamed = FeatureSet(views, labels), FeatureSet(views, labels, memory_budget=0)
+    (x, y), (xs, ys) = memory.matrix(), streamed.matrix()
+    assert x.shape == (12, 1280) and x.dtype == np.float16 and y.tolist() == labels * 2
+    assert np.array_equal(x, xs) and np.array_equal(y, ys) and streamed.data is None
+    assert np.array_equal(x[6:], views[1].read(np.arange(6)))  # view-major: the second view's rows follow the first's
+
+
 def test_augmented_views_are_distinct_and_reproducible(backbone, tiny_folder, tmp_path):
     paths = image_paths(tiny_folder)[:4]
     fc = make_cache(backbone, tmp_path)

@@ -38,6 +38,8 @@ def counted(monkeypatch):
 
 
 def test_cached_and_uncached_runs_match_in_form_and_quality(tiny_folder, tmp_path, counted):
+    # cached: the converged probe on cached embeddings; --no-cache (head_fit auto): the reference path,
+    # SGD epochs of the head through the whole frozen model, as the seed recipes trained it
     cached = tk.train(tiny_folder, out=str(tmp_path / "cached"), **LEARN)
     assert counted["images"] == 36
     plain = tk.train(tiny_folder, out=str(tmp_path / "plain"), cache=False, **LEARN)
@@ -46,12 +48,30 @@ def test_cached_and_uncached_runs_match_in_form_and_quality(tiny_folder, tmp_pat
     assert {p.name for p in (tmp_path / "cached").iterdir()} == {p.name for p in (tmp_path / "plain").iterdir()}
     a, b = cached.summary, plain.summary
     assert a.keys() == b.keys() and a["epochs_run"] == b["epochs_run"] == 4
-    assert a["metrics"]["accuracy"] >= 0.8 and b["metrics"]["accuracy"] >= 0.8
-    assert abs(a["metrics"]["accuracy"] - b["metrics"]["accuracy"]) <= 0.25
+    assert a["head_fit"]["method"] == "probe" and b["head_fit"] == {"method": "sgd"}
+    # measured on these 6 val images: probe 1.0 (train accuracy 1.0), 4 SGD epochs 1.0
+    assert a["metrics"]["accuracy"] == 1.0 and a["head_fit"]["train_accuracy"] == 1.0
+    assert b["metrics"]["accuracy"] >= 5 / 6, "at most one of 6 val images apart"
     rows = json.loads((tmp_path / "cached" / "val_predictions.json").read_text())
     assert len(rows) == b["data"]["n_val"] and set(rows[0]) == {"path", "label", "probs"}
     records = [json.loads(line) for line in (tmp_path / "cached" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [1, 2, 3, 4] and records[0]["trainable_groups"] == ["head"]
+    assert [r["epoch"] for r in records] == [4] and records[0]["trainable_groups"] == ["head"]
+    assert records[0]["head_fit"]["replaces_epochs"] == 4
+    plain_records = (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()
+    assert len(plain_records) == 4
+
+
+def test_probe_without_the_cache_equals_the_cached_probe(tiny_folder, tmp_path, counted):
+    """head_fit=probe with --no-cache embeds into memory only, and fits exactly the cached run's probe."""
+    cached = tk.train(tiny_folder, out=str(tmp_path / "cached"), **LEARN)
+    unused = tmp_path / "unused-cache"
+    memory = tk.train(tiny_folder, out=str(tmp_path / "memory"), cache=False, cache_dir=str(unused),
+                      overrides={"model.head_fit": "probe"}, **LEARN)
+    assert counted["images"] == 72 and not unused.exists(), "embedded again, in memory, nothing written"
+    assert memory.summary["head_fit"]["l2"] == cached.summary["head_fit"]["l2"]
+    assert (tmp_path / "memory" / "val_predictions.json").read_text() == (tmp_path / "cached" / "val_predictions.json").read_text()
+    a, b = load_file(str(tmp_path / "cached" / "model.safetensors")), load_file(str(tmp_path / "memory" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def _epochs(run) -> list[dict]:

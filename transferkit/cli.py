@@ -75,6 +75,8 @@ def train(
     std: Optional[str] = typer.Option(
         None, help="Normalisation std, 3 comma-separated positive values (default: the backbone's)."),
     head: Optional[str] = typer.Option(None, help="linear | mlp"),
+    head_fit: Optional[str] = typer.Option(
+        None, help="Frozen-backbone linear head: auto (converged probe on cached embeddings) | probe | sgd (epochs)."),
     dropout: Optional[float] = typer.Option(None, help="Dropout before the head, in [0, 1)."),
     weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay."),
     label_smoothing: Optional[float] = typer.Option(None, help="Label smoothing of the cross-entropy loss."),

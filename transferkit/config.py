@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -28,9 +29,47 @@ __all__ = [
     "config_to_dict",
     "apply_overrides",
     "STRATEGY_NAMES",
+    "FLAT_KEYS",
 ]
 
 STRATEGY_NAMES = ("feature-extraction", "finetune", "scratch", "partial", "lp-ft", "gradual", "auto")
+
+# Friendly keyword / flag names -> dotted config keys (transferkit.train keywords, `transferkit train` flags).
+FLAT_KEYS = {
+    "backbone": "model.backbone",
+    "weights": "model.weights",
+    "head": "model.head",
+    "head_fit": "model.head_fit",
+    "input_size": "model.input_size",
+    "dropout": "model.dropout",
+    "mean": "model.mean",
+    "std": "model.std",
+    "strategy": "strategy.name",
+    "unfreeze": "strategy.unfreeze",
+    "warmup_epochs": "strategy.warmup_epochs",
+    "unfreeze_every": "strategy.unfreeze_every",
+    "layer_decay": "strategy.layer_decay",
+    "group_lr_scales": "strategy.group_lr_scales",
+    "backbone_lr_scale": "strategy.backbone_lr_scale",
+    "bn": "strategy.bn",
+    "l2sp": "strategy.l2sp",
+    "lr": "optim.lr",
+    "weight_decay": "optim.weight_decay",
+    "label_smoothing": "optim.label_smoothing",
+    "epochs": "engine.epochs",
+    "batch_size": "engine.batch_size",
+    "seed": "engine.seed",
+    "patience": "engine.patience",
+    "device": "engine.device",
+    "cache": "engine.cache",
+    "cache_dir": "engine.cache_dir",
+    "cache_views": "engine.cache_views",
+    "val_fraction": "data.val_fraction",
+    "split_seed": "data.split_seed",
+    "augment": "data.augment",
+    "workers": "data.workers",
+    "out": "out",
+}
 
 
 @dataclass(frozen=True)
@@ -56,6 +95,13 @@ class ModelCfg:
     head: str = "linear"  # linear | mlp
     head_hidden: int = 512
     dropout: float = 0.2
+    # how the linear head is fitted while the backbone is frozen: auto (converged probe on cached embeddings,
+    # else mini-batch SGD) | probe (also without the on-disk cache) | sgd (epochs of the optimizer, as before)
+    head_fit: str = "auto"
+    # normalisation the weights expect; None = the backbone's pretrained config (a --weights file of another
+    # training recipe may need other values)
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -98,11 +144,16 @@ class EngineCfg:
     amp: bool = True  # bf16 autocast on CUDA (ignored on the CPU)
     channels_last: bool = True
     compile: bool = False  # torch.compile the training forward (worth it on GPUs for long runs)
-    sync_bn: bool = False  # under torchrun: SyncBatchNorm, so BN statistics use the global batch
+    sync_bn: str = "auto"  # auto | true | false: under torchrun, SyncBatchNorm (auto: on CUDA whenever BatchNorm trains)
     gpu_decode: bool = True  # on CUDA: decode JPEGs in batches on the GPU (transferkit.data.gpu)
     cache: bool = True  # frozen backbone: embed each image once and train the head on cached features
     cache_dir: str | None = None
     cache_views: int = 0  # augmented views per image to cache in addition to the eval view
+
+    def __post_init__(self) -> None:
+        # sync_bn was a bool before it became auto|true|false: config.yaml of older runs still reads
+        word = {"true": "true", "yes": "true", "1": "true", "false": "false", "no": "false", "0": "false"}
+        object.__setattr__(self, "sync_bn", word.get(str(self.sync_bn).lower(), str(self.sync_bn)))
 
 
 @dataclass(frozen=True)
@@ -127,6 +178,9 @@ def _validate(cfg: RunCfg) -> None:
         (s.bn in ("auto", "frozen", "train"), f"strategy.bn {s.bn!r} must be auto, frozen or train"),
         (m.head in ("linear", "mlp"), f"model.head {m.head!r} must be linear or mlp"),
         (0.0 <= m.dropout < 1.0, f"model.dropout {m.dropout} must be in [0, 1)"),
+        (m.head_fit in ("auto", "probe", "sgd"), f"model.head_fit {m.head_fit!r} must be auto, probe or sgd"),
+        (m.head_fit != "probe" or m.head == "linear",
+         f"model.head_fit probe fits a linear head, but model.head is {m.head!r}; use --head linear or head_fit sgd"),
         (e.epochs >= 1, f"engine.epochs {e.epochs} must be at least 1"),
         (e.batch_size >= 1, f"engine.batch_size {e.batch_size} must be at least 1"),
         (o.lr > 0, f"optim.lr {o.lr} must be positive"),
@@ -138,10 +192,29 @@ def _validate(cfg: RunCfg) -> None:
         (s.layer_decay is None or 0 < s.layer_decay <= 1, f"strategy.layer_decay {s.layer_decay} must be in (0, 1]"),
         (s.l2sp >= 0, f"strategy.l2sp {s.l2sp} must be >= 0"),
         (e.cache_views >= 0, f"engine.cache_views {e.cache_views} must be >= 0"),
+        *_normalisation_checks(m),
+        (e.sync_bn in ("auto", "true", "false"), f"engine.sync_bn {e.sync_bn!r} must be auto, true or false"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def _normalisation_checks(m: ModelCfg) -> list[tuple[bool, str]]:
+    """model.mean / model.std: three finite numbers each, the stds positive (they divide the pixels)."""
+    checks = []
+    examples = {"mean": "0.485,0.456,0.406", "std": "0.229,0.224,0.225"}
+    for key, values in (("mean", m.mean), ("std", m.std)):
+        if values is None:
+            continue
+        shown = ",".join(f"{v:g}" for v in values)
+        checks.append((len(values) == 3, f"model.{key} {shown} must have 3 values (red, green, blue), "
+                                         f"e.g. --{key} {examples[key]}; omit it to use the backbone's own"))
+        checks.append((all(math.isfinite(v) for v in values), f"model.{key} {shown} must be finite numbers"))
+        if key == "std":
+            checks.append((all(v > 0 for v in values), f"model.std {shown} must be positive (pixels are divided by "
+                                                       "it), e.g. --std 0.229,0.224,0.225"))
+    return checks
 
 
 _SECTIONS = {"data": DataCfg, "model": ModelCfg, "strategy": StrategyCfg, "optim": OptimCfg, "engine": EngineCfg}

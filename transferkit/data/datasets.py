@@ -6,12 +6,13 @@ that the collate function drops from the batch and reports, so the engine can li
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -20,9 +21,11 @@ from torch.utils.data.distributed import DistributedSampler
 from transferkit.config import DataCfg
 from transferkit.data.decode import load_rgb
 from transferkit.data.scan import Sample, scan_dataset, validate
+from transferkit.data.transforms import image_rng
 from transferkit.errors import DataError
 
-__all__ = ["DataSplits", "prepare_data", "stratified_split", "ImageDataset", "make_loader", "default_workers"]
+__all__ = ["DataSplits", "prepare_data", "stratified_split", "ImageDataset", "make_loader", "default_workers",
+           "CpuPlan", "cpu_plan", "available_cores", "torch_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +111,18 @@ def _require_two_classes(samples: Sequence[Sample], classes: Sequence[str], wher
 
 
 class ImageDataset(Dataset):
-    """Decodes and transforms one sample; a bad file yields a failure record instead of raising."""
+    """Decodes and transforms one sample; a bad file yields a failure record instead of raising.
 
-    def __init__(self, samples: Sequence[Sample], transform: Callable, draft_size: int | None = None) -> None:
+    With ``augment_seed`` (``transforms.augment_seed(seed, epoch)``) each image's random transform is
+    seeded by (seed, epoch, index), as on the GPU path; without it the worker's RNG stream is used.
+    """
+
+    def __init__(self, samples: Sequence[Sample], transform: Callable, draft_size: int | None = None,
+                 augment_seed: int | None = None) -> None:
         self.samples = list(samples)
         self.transform = transform
         self.draft_size = draft_size
+        self.augment_seed = augment_seed
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -125,7 +134,10 @@ class ImageDataset(Dataset):
         except DataError as exc:
             # the reason alone (the path is reported next to it), as validate() records it
             return None, sample.label, index, getattr(exc, "reason", None) or str(exc)
-        return self.transform(image), sample.label, index, None
+        if self.augment_seed is None:
+            return self.transform(image), sample.label, index, None
+        with image_rng(self.augment_seed, index):
+            return self.transform(image), sample.label, index, None
 
 
 def collate_skipping(batch: list[tuple[Any, int, int, str | None]]) -> dict[str, Any]:
@@ -142,12 +154,77 @@ def collate_skipping(batch: list[tuple[Any, int, int, str | None]]) -> dict[str,
     }
 
 
-def default_workers(requested: int = -1) -> int:
-    """Decoding workers: on a small machine one worker overlaps decoding with the model's forward."""
-    if requested >= 0:
-        return requested
-    cores = os.cpu_count() or 1
-    return max(1, min(8, cores - 1))
+def available_cores() -> int:
+    """Cores this process may use: its CPU affinity, shared with the other torchrun processes of this machine."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity API on this OS
+        cores = os.cpu_count() or 1
+    local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
+    return max(1, cores // local_processes)
+
+
+@dataclass(frozen=True)
+class CpuPlan:
+    """How a run splits its cores between torch's intra-op threads and the loader's decoding workers."""
+
+    cores: int
+    threads: int
+    workers: int
+    chosen_by: str  # what fixed the numbers: the default policy or the user's settings
+
+    def describe(self) -> str:
+        plural = lambda n, word: f"{n} {word}" + ("" if n == 1 else "s")  # noqa: E731
+        return (f"cpu: {plural(self.threads, 'torch thread')} + {plural(self.workers, 'loader worker')} on "
+                f"{plural(self.cores, 'core')} ({self.chosen_by})")
+
+
+def cpu_plan(workers: int = -1, *, accelerator: bool = False, cores: int | None = None) -> CpuPlan:
+    """Torch threads and loader workers that together never exceed the cores, unless the user chose them.
+
+    An oversubscribed CPU stalls every intra-op barrier whenever a worker runs: a training step took
+    7.4 s with 2 torch threads beside a decoding worker on 2 cores, 0.6 s with 1 thread. Defaults:
+    with the maths on the CPU one decoding worker up to 4 cores, then a quarter of the cores (the
+    forward dominates; benchmarks/speed.py); with an accelerator doing the maths the CPU mostly decodes,
+    so every core but one decodes (at most 8). Torch gets the remaining cores.
+
+    Explicit choices win: ``data.workers`` >= 0 (``workers``) fixes the workers, ``OMP_NUM_THREADS``
+    fixes the threads (torchrun sets it to 1 for several processes), and a thread count already lowered
+    with ``torch.set_num_threads`` is never raised.
+    """
+    cores = cores or available_cores()
+    chosen = []
+    if workers >= 0:
+        chosen.append(f"data.workers={workers}")
+    elif accelerator:
+        workers = max(0, min(8, cores - 1))
+    else:
+        workers = 0 if cores < 2 else 1 if cores <= 4 else min(8, cores // 4)
+    if os.environ.get("OMP_NUM_THREADS"):
+        threads = torch.get_num_threads()
+        chosen.append(f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}")
+    else:
+        threads = max(1, min(torch.get_num_threads(), cores - workers))
+    return CpuPlan(cores, threads, workers, ", ".join(chosen) or "default: threads + workers <= cores")
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Temporarily set torch's intra-op thread count (None: leave it)."""
+    if not n:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def default_workers(requested: int = -1, accelerator: bool = False) -> int:
+    """Decoding workers of :func:`cpu_plan` (``requested`` >= 0 is kept)."""
+    return cpu_plan(requested, accelerator=accelerator).workers
 
 
 def make_loader(
@@ -170,7 +247,7 @@ def make_loader(
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
     sampler.set_epoch(epoch)
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch * 1_009 + rank)
-    n_workers = default_workers(workers)
+    n_workers = default_workers(workers, accelerator=pin_memory)  # pinned memory only serves an accelerator
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -16,8 +16,8 @@ import torch
 import yaml
 
 from transferkit.config import RunCfg, config_from_dict, config_to_dict
-from transferkit.data.datasets import DataSplits, ImageDataset, make_loader, prepare_data
-from transferkit.data.transforms import eval_transform, resize_size, train_transform
+from transferkit.data.datasets import DataSplits, ImageDataset, cpu_plan, make_loader, prepare_data, torch_threads
+from transferkit.data.transforms import augment_seed, eval_transform, resize_size, train_transform
 from transferkit.data.gpu import EncodedDataset, GpuPreprocessor, collate_encoded
 from transferkit.engine import distributed as ddp
 from transferkit.engine.checkpoint import load_training_state, prepare_fresh_run, save_training_state, verify_split
@@ -89,6 +89,7 @@ class _State:
     best_epoch: int = -1
     stale: int = 0
     skipped: dict[str, str] = field(default_factory=dict)
+    head_fit: dict[str, Any] | None = None  # the converged probe's record, when it replaced the head-only epochs
 
 
 class Trainer:
@@ -103,6 +104,7 @@ class Trainer:
         self.run_dir = Path(run_dir or cfg.out or default_run_dir(cfg.strategy.name))
         self.dist, dist_device = ddp.setup_distributed(cfg.engine.device)  # torchrun sets the environment
         self.device = dist_device or pick_device(cfg.engine.device)
+        self.cpu = cpu_plan(cfg.data.workers, accelerator=self.device.type != "cpu")  # shown in the run header
         self.reporter = Reporter(quiet=quiet or not self.dist.main)  # one voice under torchrun
         if cfg.engine.batch_size % self.dist.world_size:
             raise ConfigError(f"--batch-size {cfg.engine.batch_size} is the global batch and must divide by the "
@@ -127,7 +129,8 @@ class Trainer:
     def _setup(self) -> None:
         cfg = self.cfg
         seed_everything(cfg.engine.seed)
-        self.spec: BackboneSpec = resolve_spec(cfg.model.backbone, cfg.model.weights).with_input_size(cfg.model.input_size)
+        self.spec: BackboneSpec = resolve_spec(cfg.model.backbone, cfg.model.weights).with_input_size(
+            cfg.model.input_size).with_normalization(cfg.model.mean, cfg.model.std)
         self.data: DataSplits = prepare_data(cfg.data, draft_size=resize_size(self.spec))
         scratch = cfg.strategy.name == "scratch"
         self.model: TransferModel = build_model(
@@ -141,10 +144,13 @@ class Trainer:
         ).to(self.device)
         if cfg.engine.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        if cfg.engine.sync_bn and self.dist.enabled:  # before the optimizer: conversion replaces the modules
-            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.index: GroupIndex = index_groups(self.model)
         self.plan: Plan = make_plan(cfg.strategy, self.index.names[:-1], cfg.engine.epochs)
+        bn_trains = self.plan.bn == "train" and any(self.index.batchnorms.get(g) for g in self.plan.ever_trainable())
+        self.sync_bn = ddp.use_sync_bn(cfg.engine.sync_bn, self.dist, self.device, bn_trains)
+        if self.sync_bn:  # before the optimizer: the conversion replaces the BatchNorm modules
+            self.model = ddp.convert_sync_batchnorm(self.model)
+            self.index = index_groups(self.model)
         self.optimizer = build_optimizer(self.index, cfg.optim, backbone_weight_decay=0.0 if cfg.strategy.l2sp else None)
         per_rank = math.ceil(len(self.data.train) / self.dist.world_size)  # DistributedSampler pads to this
         self.steps_per_epoch = max(1, math.ceil(per_rank / self.local_batch))
@@ -190,6 +196,10 @@ class Trainer:
 
     def fit(self) -> RunResult:
         """Train, keep the best epoch's model, evaluate it, and write the run folder."""
+        with torch_threads(self.cpu.threads):  # the caller's thread count comes back afterwards
+            return self._fit()
+
+    def _fit(self) -> RunResult:
         started = time.perf_counter()
         self._setup()
         if self._resuming:
@@ -214,6 +224,8 @@ class Trainer:
         return self._finish(started, trainable, total, interrupted)
 
     def _run_epoch(self, epoch: int) -> None:
+        if self.cached is not None and self.cached.probe and self.cached.covers(epoch):
+            return self._fit_probe(epoch)
         cfg, state = self.cfg, self.state
         apply_plan(self.model, self.index, self.optimizer, self.plan, epoch, toggle_requires_grad=not self.dist.enabled)
         torch.manual_seed(_epoch_seed(cfg.engine.seed, epoch))
@@ -258,6 +270,45 @@ class Trainer:
             save_training_state(self.run_dir, self.model, self.optimizer, self._state_info())
         ddp.barrier()
 
+    def _fit_probe(self, epoch: int) -> None:
+        """The head-only epochs ``epoch .. frozen_epochs-1`` as one converged linear-probe fit.
+
+        One metrics.jsonl line (numbered with the last epoch it replaces) and one checkpoint, so the
+        plan's epoch count, resume and the later phases' learning-rate schedule (the step counter
+        advances as if those epochs had run) are those of the epoch-wise run. The L2 strength is
+        chosen on the selection split by its log loss (see transferkit.features.probe.SELECT_BY); the
+        monitor that picks epochs is recorded for every candidate and breaks ties.
+        """
+        state, done = self.state, self.cached.frozen_epochs
+        apply_plan(self.model, self.index, self.optimizer, self.plan, epoch, toggle_requires_grad=not self.dist.enabled)
+        tick = time.perf_counter()
+        selection = self.data.val  # the split that chooses (epoch, L2 strength); a test split never does
+        fit = self.cached.fit_probe(selection, self._selection_score)
+        self.reporter.say(
+            f"head: converged linear probe (L-BFGS logistic regression on {fit.train_rows} standardised cached rows, "
+            f"l2 {fit.l2:.3g} chosen by log loss on the {fit.selected_on}) in place of {done - epoch} head-only epoch(s); "
+            "engine.epochs, optim.lr, label smoothing and dropout do not apply to it")
+        val = self._evaluate(selection, cached=True)
+        state.step += self.steps_per_epoch * (done - epoch)
+        state.head_fit = {"method": "probe", "replaces_epochs": done - epoch, **fit.record()}
+        record = {"epoch": done, "train_loss": fit.train_loss, "train_accuracy": fit.train_accuracy,
+                  **{f"val_{k}": v for k, v in val["metrics"].items()},
+                  # frozen groups at rate 0 as in an epoch's line; the head has no learning rate (a solver fitted it)
+                  "lr": {g: (0.0 if scale == 0 else None) for g, scale in self.plan.at(epoch).items()},
+                  "trainable_groups": self.plan.trainable_groups(epoch),
+                  "head_fit": {k: v for k, v in state.head_fit.items() if k != "fit_s"},  # values repeat bit for bit; times do not
+                  "time_s": time.perf_counter() - tick}
+        state.epoch = done
+        self._track_best(val["metrics"], done - 1)
+        self.reporter.epoch_line(record, improved=state.best_epoch == done - 1)
+        if self.dist.main:
+            append_jsonl(self.run_dir / "metrics.jsonl", record)
+            save_training_state(self.run_dir, self.model, self.optimizer, self._state_info())
+
+    def _selection_score(self, labels: np.ndarray, probs: np.ndarray) -> float:
+        """The monitored metric, as _track_best ranks epochs (None counts as 0)."""
+        return summary_metrics(labels, probs, len(self.data.classes)).get(self.cfg.engine.monitor) or 0.0
+
     def _skip(self, path: str, reason: str) -> None:
         if path not in self.state.skipped:
             self.state.skipped[path] = reason
@@ -277,16 +328,16 @@ class Trainer:
         """(batches, on_failed): the CPU path (PIL in workers) or the GPU path (bytes -> nvJPEG)."""
         cfg, draft = self.cfg, resize_size(self.spec)
         batch = self.local_batch if train else self.local_batch * 2
-        common = dict(seed=cfg.engine.seed if train else 0, epoch=epoch if train else 0, workers=cfg.data.workers,
+        common = dict(seed=cfg.engine.seed if train else 0, epoch=epoch if train else 0, workers=self.cpu.workers,
                       rank=self.dist.rank, world_size=self.dist.world_size, pin_memory=self.device.type == "cuda")
         if not self._gpu_decode():
             transform = train_transform(self.spec, cfg.data.augment) if train else eval_transform(self.spec)
-            dataset = ImageDataset(samples, transform, draft)
+            dataset = ImageDataset(samples, transform, draft, augment_seed(cfg.engine.seed, epoch) if train else None)
             return make_loader(dataset, batch, train, **common), self._failed_handler(dataset)
         dataset = EncodedDataset(samples, draft)
         loader = make_loader(dataset, batch, train, collate_fn=collate_encoded, **common)
         prep = GpuPreprocessor(self.spec, self.device, train, cfg.data.augment, samples,
-                               seed=cfg.engine.seed * 1_009 + epoch * 31 + self.dist.rank)
+                               seed=augment_seed(cfg.engine.seed, epoch))
         return _Mapped(loader, prep), self._failed_handler(dataset)
 
     def _train_loader(self, epoch: int):
@@ -350,6 +401,7 @@ class Trainer:
             "best_epoch": s.best_epoch,
             "stale": s.stale,
             "skipped": s.skipped,
+            "head_fit": s.head_fit,
         }
 
     def _restore(self) -> None:
@@ -359,6 +411,7 @@ class Trainer:
         s.epoch, s.step, s.best_epoch, s.stale = info["epoch"], info["step"], info["best_epoch"], info["stale"]
         s.best_key = tuple(info["best_key"]) if info["best_key"] else None
         s.skipped.update(info.get("skipped", {}))
+        s.head_fit = info.get("head_fit")
         self.reporter.say(f"resuming {self.run_dir} after epoch {s.epoch} of {self.cfg.engine.epochs}")
 
     # --- the end --------------------------------------------------------------------------------
@@ -381,6 +434,7 @@ class Trainer:
             "params": {"trainable": trainable, "total": total},
             "epochs_run": self.state.epoch,
             "best_epoch": self.state.best_epoch + 1,
+            "head_fit": self.state.head_fit or {"method": "sgd"},
             "time_s": round(time.perf_counter() - started, 2),
             "skipped_files": [{"path": p, "reason": r} for p, r in sorted(self.state.skipped.items())],
             "interrupted": interrupted,

@@ -7,6 +7,7 @@
 from transferkit.features.cache import FeatureCache, ViewRows
 from transferkit.features.export import embed_folder
 from transferkit.features.headfit import CachedHead, FeatureSet, frozen_prefix
+from transferkit.features.probe import ProbeFit, fit_linear_probe
 from transferkit.features.store import cache_info, cache_root, clear_cache
 
 __all__ = [
@@ -15,6 +16,8 @@ __all__ = [
     "FeatureSet",
     "CachedHead",
     "frozen_prefix",
+    "fit_linear_probe",
+    "ProbeFit",
     "embed_folder",
     "cache_info",
     "cache_root",

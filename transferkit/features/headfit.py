@@ -9,6 +9,15 @@ step, schedule, loss, metrics, early stopping and run folder, at a fraction of t
 
 Augmentation survives through ``engine.cache_views = K``: K augmented views of each training image
 are cached and every epoch draws one of them per image; with K = 0 the head trains on the eval view.
+
+A linear head is not trained by those epochs at all when the rows fit in memory
+(``model.head_fit`` auto or probe, :func:`probe_planned`): the whole head-only phase becomes one
+converged, L2-tuned logistic regression (:mod:`transferkit.features.probe`), fitted on the cached
+training rows (every cached view is an extra row) with the L2 strength chosen on the selection
+split. Epochs of the optimizer stop wherever the schedule ends, regularised by label smoothing, dropout
+and the epoch budget rather than by a strength chosen on held-out data. The MLP head, and
+any training set beyond :data:`~transferkit.features.probe.PROBE_MAX_BYTES`, keep the epochs
+(streamed from the store above :data:`MEMORY_BUDGET`).
 """
 
 from __future__ import annotations
@@ -23,13 +32,30 @@ from transferkit.config import RunCfg
 from transferkit.engine.loop import predict_loader
 from transferkit.features.cache import FeatureCache, ViewRows
 from transferkit.features.extract import torch_threads
+from transferkit.features.probe import ProbeFit, Score, fit_linear_probe, probe_fits_in_memory
 from transferkit.models.transfer import TransferModel
 from transferkit.strategy.plan import HEAD, Plan
 
-__all__ = ["MEMORY_BUDGET", "HEAD_THREADS", "FeatureSet", "FeatureBatches", "CachedHead", "frozen_prefix"]
+__all__ = ["MEMORY_BUDGET", "HEAD_THREADS", "FeatureSet", "FeatureBatches", "CachedHead", "frozen_prefix", "probe_planned"]
 
 MEMORY_BUDGET = 1 << 30  # bytes of float16 embeddings held in RAM; a larger split streams from the store
 HEAD_THREADS = 1
+
+
+def probe_planned(cfg: RunCfg, plan: Plan, train_rows: int, feature_dim: int) -> bool:
+    """Whether the head-only phase is one converged probe fit instead of optimizer epochs.
+
+    Yes for a linear head with a head-only phase, when ``model.head_fit`` is ``probe``, or ``auto``
+    with the embedding cache on (``--no-cache`` under ``auto`` keeps the reference path: the head
+    trains through the whole model, as the seed recipes did), and the ``train_rows`` (images x cached
+    views) fit a full-batch solver's memory. Decided from counts before anything is embedded.
+    """
+    m = cfg.model
+    if m.head_fit == "sgd" or m.head != "linear" or frozen_prefix(plan) == 0:
+        return False
+    if m.head_fit == "auto" and not cfg.engine.cache:
+        return False
+    return probe_fits_in_memory(train_rows, feature_dim)
 
 
 def frozen_prefix(plan: Plan) -> int:
@@ -40,6 +66,11 @@ def frozen_prefix(plan: Plan) -> int:
             break
         count += 1
     return count
+
+
+def _cached_views(cfg: RunCfg) -> int:
+    """Augmented training views the run caches (0: the head trains on the eval view)."""
+    return cfg.engine.cache_views if cfg.engine.cache_views > 0 and cfg.data.augment != "none" else 0
 
 
 class FeatureSet:
@@ -65,6 +96,15 @@ class FeatureSet:
 
     def __len__(self) -> int:
         return int(self.indices.size)
+
+    def matrix(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every view's rows stacked, (views x n, dim) float16, and their labels: one row per (view, item)."""
+        n = len(self)
+        if self.data is not None:
+            rows = self.data.numpy().reshape(-1, self.dim)
+        else:
+            rows = np.concatenate([self.rows(np.full(n, v), np.arange(n)).numpy().astype(np.float16) for v in range(len(self.views))])
+        return rows, np.tile(self.labels.numpy(), len(self.views))
 
     def rows(self, view: np.ndarray, sel: np.ndarray) -> torch.Tensor:
         """float32 embeddings of items ``sel`` (positions in this set), view ``view[i]`` for item i."""
@@ -118,21 +158,25 @@ class CachedHead:
         self.cfg, self.model, self.device, self.data, self.on_skip = cfg, model, device, data, on_skip
         self.frozen_epochs = frozen_prefix(plan)
         e = cfg.engine
-        self.cache = FeatureCache(
-            model.backbone, model.spec, weights=cfg.model.weights, pretrained=cfg.model.pretrained,
+        self.train_views: list[int | None] = list(range(_cached_views(cfg))) or [None]
+        self.probe = probe_planned(cfg, plan, len(data.train) * len(self.train_views), model.spec.feature_dim)
+        self.cache = FeatureCache(  # enabled=False (head_fit probe with --no-cache): embeddings held in memory only
+            model.backbone, model.spec, weights=cfg.model.weights, pretrained=cfg.model.pretrained, enabled=e.cache,
             cache_dir=e.cache_dir, device=device, amp=e.amp, batch_size=e.batch_size * 2, workers=cfg.data.workers,
             channels_last=e.channels_last, augment=cfg.data.augment, say=say,
         )
-        use_views = e.cache_views > 0 and cfg.data.augment != "none"
-        self.train_views: list[int | None] = list(range(e.cache_views)) if use_views else [None]
         self._sets: dict[int, FeatureSet] = {}
 
     @classmethod
     def for_run(cls, cfg: RunCfg, plan: Plan, model: TransferModel, device: torch.device, data: Any,
                 say: Callable[[str], None], on_skip: Callable[[str, str], None]) -> "CachedHead | None":
-        """A CachedHead when caching is on and the plan starts with head-only epochs, else None."""
-        if not cfg.engine.cache or frozen_prefix(plan) == 0:
+        """A CachedHead when the plan starts with head-only epochs and either caching is on or the probe
+        is planned without it (embeddings then live in memory for the run), else None."""
+        if frozen_prefix(plan) == 0:
             return None
+        if not cfg.engine.cache:
+            if not probe_planned(cfg, plan, len(data.train) * max(1, _cached_views(cfg)), model.spec.feature_dim):
+                return None
         return cls(cfg, plan, model, device, data, say, on_skip)
 
     def covers(self, epoch: int) -> bool:
@@ -142,6 +186,20 @@ class CachedHead:
     def train_batches(self, epoch: int) -> FeatureBatches:
         e = self.cfg.engine
         return self._set(self.data.train).batches(e.batch_size, shuffle=True, seed=e.seed, epoch=epoch)
+
+    def fit_probe(self, selection: Sequence[Any], score: Score) -> ProbeFit:
+        """Fit the converged linear probe on the training rows, choose its L2 strength on ``selection``
+        (the split that chooses; never a test split) with ``score(labels, probs)``, and load the folded
+        weights into the head's Linear (its Dropout stays for later fine-tuning; it is inert in eval)."""
+        linears = [m for m in self.model.head.modules() if isinstance(m, torch.nn.Linear)]
+        if len(linears) != 1:
+            raise ValueError(f"the probe fits a head with one Linear layer; this head has {len(linears)}")
+        train_x, train_y = self._set(self.data.train).matrix()
+        sel = self._set(selection)
+        sel_x, sel_y = sel.matrix()
+        fit = fit_linear_probe(train_x, train_y, (sel_x, sel_y), n_classes=linears[0].out_features, score=score)
+        fit.load_into(linears[0])
+        return fit
 
     def predict(self, samples: Sequence[Any]) -> dict[str, np.ndarray]:
         """Softmax outputs of the head on the eval embeddings of ``samples`` (predict_loader's result)."""
@@ -171,7 +229,7 @@ class CachedHead:
         out, start = [], 0
         for samples in splits:
             parts = [r.select(start, start + len(samples)) for r in rows]
-            fs = FeatureSet(parts, [s.label for s in samples])
+            fs = FeatureSet(parts, [s.label for s in samples], memory_budget=MEMORY_BUDGET)  # looked up per call, so it can be lowered
             for pos, reason in sorted(fs.failed.items()):
                 self.on_skip(samples[pos].path, reason)
             out.append(fs)
