@@ -69,3 +69,16 @@ def test_portable_paths_rewrites_under_each_root_and_keeps_the_rest(tmp_path: Pa
         "sibling": str(tmp_path / "mainly" / "x"),
         "number": 3,
     }
+
+
+def test_readme_demo_figures_are_the_recorded_ones():
+    """The quick-start sentence quotes benchmarks/results/demo.json (benchmarks/demo_record.py), not typed numbers."""
+    record = json.loads((RESULTS / "demo.json").read_text(encoding="utf-8"))
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    sentence = readme[readme.index("`make demo` writes"):].split("\n\n")[0]
+    accuracies = [float(v) for v in re.search(r"measured ([\d.]+) / ([\d.]+) / ([\d.]+)", sentence).groups()]
+    assert [r["strategy"] for r in record["rows"]] == ["feature-extraction", "finetune", "lp-ft"]
+    assert accuracies == [round(r["metrics"]["accuracy"], 3) for r in record["rows"]]
+    minutes, seconds = (int(v) for v in re.search(r"(\d+) min (\d+) s", sentence).groups())
+    assert minutes * 60 + seconds == round(record["process_wall_time_s"])
+    assert record["benchmark_command"] in (REPO / "benchmarks" / "demo_record.py").read_text(encoding="utf-8")
