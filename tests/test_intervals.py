@@ -101,3 +101,26 @@ def test_seed_image_interval_of_one_run_matches_the_image_bootstrap_and_widens_w
     worse = _probs_from(np.where(rng.random(300) < 0.6, y, 1 - y), 2, rng)
     spread = seed_image_interval(y, [run, worse], 2, n_resamples=1000, seed=4)["ci95"]
     assert spread[1] - spread[0] > hi - lo  # disagreeing seeds add their own uncertainty
+
+
+def test_every_printed_metric_carries_its_interval_and_n(tiny_split_folder, tmp_path):
+    import json
+    import re
+
+    from typer.testing import CliRunner
+
+    from transferkit.cli import app
+
+    run = tmp_path / "run"
+    args = ["train", str(tiny_split_folder), "--epochs", "1", "--input-size", "32", "--batch-size", "8",
+            "--workers", "0", "--out", str(run)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert re.search(r"val:  accuracy \d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\], .*n=8", result.output), result.output
+    summary = json.loads((run / "summary.json").read_text())
+    lo, hi = summary["ci95"]["accuracy"]
+    assert lo <= summary["metrics"]["accuracy"] <= hi and summary["metrics_split"] == "val"
+    evaluated = CliRunner().invoke(app, ["evaluate", str(run), str(tiny_split_folder / "val")])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert re.search(r"8 images: accuracy \d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", evaluated.output), evaluated.output
+    assert "ci95" in json.loads((run / "evaluation.json").read_text())

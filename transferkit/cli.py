@@ -123,10 +123,10 @@ def evaluate(
     import transferkit.api as api
 
     report = _run(lambda: api.evaluate(run, data, out=out))
-    m = report["metrics"]
-    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
-    typer.echo(f"{report['n']} images: accuracy {fmt(m['accuracy'])}  balanced {fmt(m['balanced_accuracy'])}  "
-               f"macro-F1 {fmt(m['macro_f1'])}  ROC-AUC {fmt(m['roc_auc'])}")
+    from transferkit.engine.progress import metrics_line
+
+    typer.echo(f"{report['n']} images: {metrics_line(report['metrics'], report.get('ci95'), report['n'])} "
+               "(95% intervals: stratified bootstrap)")
     width = max(len(c) for c in report["classes"])
     typer.echo(f"{'class':<{width}}  precision  recall     f1  support")
     for name, row in report["per_class"].items():

@@ -7,9 +7,19 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from rich.console import Console
+
+from transferkit.metrics.classification import format_metric
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-__all__ = ["Reporter", "format_count"]
+__all__ = ["Reporter", "format_count", "metrics_line"]
+
+
+def metrics_line(metrics: dict[str, Any], ci95: dict[str, Any] | None, n: int | None) -> str:
+    """``accuracy 0.961 [0.935, 0.984], balanced ..., n=153``: every printed figure with its 95% interval."""
+    ci95 = ci95 or {}
+    parts = [f"{label} {format_metric(metrics.get(key), ci95.get(key))}" for key, label in
+             (("accuracy", "accuracy"), ("balanced_accuracy", "balanced"), ("macro_f1", "macro-F1"), ("roc_auc", "ROC-AUC"))]
+    return ", ".join(parts) + (f", n={n}" if n is not None else "")
 
 
 def format_count(n: int) -> str:
@@ -64,9 +74,10 @@ class Reporter:
         )
 
     def summary(self, summary: dict[str, Any], run_dir: Path) -> None:
-        m = summary["metrics"]
-        fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
-        self.say(
-            f"best epoch {summary['best_epoch']}: accuracy {fmt(m['accuracy'])}, balanced {fmt(m['balanced_accuracy'])}, "
-            f"macro-F1 {fmt(m['macro_f1'])}, ROC-AUC {fmt(m['roc_auc'])}  ({summary['time_s']:.0f}s) -> {run_dir}"
-        )
+        data = summary.get("data") or {}
+        self.say(f"best epoch {summary['best_epoch']} ({summary['time_s']:.0f}s) -> {run_dir}")
+        self.say(f"val:  {metrics_line(summary['metrics'], summary.get('ci95'), data.get('n_val'))}"
+                 "  (the epoch was chosen on these images, so this figure is optimistic)")
+        if summary.get("test_metrics"):
+            self.say(f"test: {metrics_line(summary['test_metrics'], summary.get('test_ci95'), data.get('n_test'))}"
+                     "  (chose nothing)")

@@ -431,6 +431,8 @@ class Trainer:
             "backbone": self.spec.name,
             "strategy": self.plan.strategy,
             "metrics": details["metrics"],
+            "metrics_split": "val",  # the split the epoch was chosen on: its figure is optimistic
+            "ci95": details["ci95"],
             "params": {"trainable": trainable, "total": total},
             "epochs_run": self.state.epoch,
             "best_epoch": self.state.best_epoch + 1,
@@ -444,7 +446,8 @@ class Trainer:
             "world_size": self.dist.world_size,
         }
         if test is not None:
-            summary["test_metrics"] = detailed_metrics(test["labels"], test["probs"], self.data.classes)["metrics"]
+            test_details = detailed_metrics(test["labels"], test["probs"], self.data.classes)
+            summary["test_metrics"], summary["test_ci95"] = test_details["metrics"], test_details["ci95"]
         if not self.dist.main:  # every rank evaluated (a collective); rank 0 alone writes
             return RunResult(self.run_dir, summary)
         write_json(self.run_dir / "val_metrics.json", details)

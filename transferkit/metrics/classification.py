@@ -9,7 +9,9 @@ from typing import Any, Sequence
 import numpy as np
 from sklearn import metrics as skm
 
-__all__ = ["summary_metrics", "detailed_metrics", "expected_calibration_error"]
+from transferkit.metrics.intervals import bootstrap_intervals
+
+__all__ = ["summary_metrics", "detailed_metrics", "expected_calibration_error", "format_metric"]
 
 
 def _roc_auc(labels: np.ndarray, probs: np.ndarray, n_classes: int) -> float | None:
@@ -83,9 +85,19 @@ def detailed_metrics(labels: Sequence[int], probs: np.ndarray, classes: Sequence
     }
     return {
         "metrics": summary_metrics(y, p, n),
+        # stratified bootstrap, 1,000 resamples, seed 0 (transferkit.metrics.intervals)
+        "ci95": bootstrap_intervals(y, p, n, n_resamples=1000, seed=0),
         "per_class": per_class,
         "confusion_matrix": skm.confusion_matrix(y, pred, labels=list(range(n))).tolist(),
         "classes": list(classes),
         "calibration": expected_calibration_error(y, p),
         "n": int(len(y)),
     }
+
+
+def format_metric(value: float | None, interval: Sequence[float] | None = None, digits: int = 3) -> str:
+    """``0.961 [0.935, 0.984]``: a value with its 95% interval (``n/a`` when undefined)."""
+    if value is None:
+        return "n/a"
+    text = f"{value:.{digits}f}"
+    return text if interval is None else f"{text} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"

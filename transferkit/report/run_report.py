@@ -10,6 +10,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from transferkit.fileio import write_text
+from transferkit.metrics.classification import format_metric
 from transferkit.models.backbones import BackboneSpec
 from transferkit.report import plots
 from transferkit.report.html import Section, cards, esc, fmt_num, footer_text, img, kv_table, note, page, table
@@ -86,8 +87,10 @@ def _metrics_table(rows: Sequence[tuple[str, Mapping[str, Any] | None]], ece: Ma
     return table(headers, body, numeric=tuple(range(1, len(headers))))
 
 
-def _headline(metrics: Mapping[str, Any]) -> str:
-    return cards([(label, fmt_num(metrics.get(key))) for key, label in METRIC_NAMES[:4]])
+def _headline(metrics: Mapping[str, Any], ci95: Mapping[str, Any] | None = None) -> str:
+    """The four headline figures, each with its 95% interval when the run recorded one."""
+    ci95 = ci95 or {}
+    return cards([(label, format_metric(metrics.get(key), ci95.get(key))) for key, label in METRIC_NAMES[:4]])
 
 
 def _summary_section(run_dir: Path, summary: Mapping[str, Any], spec: BackboneSpec | None, details: Mapping[str, Any] | None,
@@ -111,7 +114,7 @@ def _summary_section(run_dir: Path, summary: Mapping[str, Any], spec: BackboneSp
     ]
     metrics = (details or {}).get("metrics") or summary.get("metrics") or {}
     ece = {"validation": ((details or {}).get("calibration") or {}).get("ece")}
-    parts = [_headline(metrics), kv_table(pairs),
+    parts = [_headline(metrics, (details or {}).get("ci95") or summary.get("ci95")), kv_table(pairs),
              _metrics_table([("validation", metrics), ("test", summary.get("test_metrics"))], ece),
              observations_html(observations(ev, rows))]
     if summary.get("interrupted"):
