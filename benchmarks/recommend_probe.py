@@ -11,6 +11,7 @@ import os
 import time
 from pathlib import Path
 
+from transferkit.fileio import portable_paths
 from transferkit.strategy.recommend import recommend
 
 ROOT = Path(os.environ.get("TRANSFERKIT_DATASETS") or Path(__file__).resolve().parents[2] / "shared" / "datasets")
@@ -27,9 +28,11 @@ def main() -> None:
         rec = recommend(str(ROOT / name))
         m = rec.measurements
         results[name] = {**rec.to_dict(), "time_s": round(time.perf_counter() - tick, 1)}
-        print(f"{name}: BN shift {m['bn_shift']:.3f}, 1-NN {m['knn_accuracy']:.3f}, "
+        print(f"{name}: BN shift {m['bn_shift']:.3f}, probe {m['probe_accuracy']:.3f}, "
               f"median/class {m['median_per_class']} -> {rec.strategy} {rec.settings}")
     out = Path(__file__).parent / "results" / "recommend.json"
+    # committed: paths relative to the datasets root, never this machine's
+    results = portable_paths(results, {"$TRANSFERKIT_DATASETS": ROOT})
     out.write_text(json.dumps(results, indent=2, default=str) + "\n")
 
 

@@ -18,7 +18,7 @@ from conftest import TINY
 def _measurements(per_class: int, shift: float) -> dict:
     return {"n_train": per_class * 3, "n_classes": 3, "min_per_class": per_class, "max_per_class": per_class,
             "median_per_class": per_class, "imbalance": 1.0, "bn_shift": shift, "far_domain": shift > FAR_DOMAIN_SHIFT,
-            "knn_accuracy": 0.9, "probe_images": 64}
+            "probe_accuracy": 0.9, "probe_images": 64}
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from transferkit.engine.trainer import RunResult
 
 # A far-domain measurement: the recommender says finetune, 15 epochs, lr 1e-3, layer decay 0.7, BN train, light augment.
 FAR = {"backbone": "efficientnet_lite0", "n_train": 36, "n_classes": 3, "min_per_class": 12, "max_per_class": 12,
-       "median_per_class": 12, "imbalance": 1.0, "bn_shift": 1.0, "far_domain": True, "knn_accuracy": 0.9,
+       "median_per_class": 12, "imbalance": 1.0, "bn_shift": 1.0, "far_domain": True, "probe_accuracy": 0.9,
        "probe_images": 36}
 
 

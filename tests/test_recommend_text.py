@@ -22,7 +22,7 @@ CASES = [(100, 0.05), (3000, 0.05), (20000, 0.05), (100, 1.0), (20000, 1.0)]
 def _measurements(per_class: int, shift: float) -> dict:
     return {"backbone": "efficientnet_lite0", "n_train": per_class * 3, "n_classes": 3, "min_per_class": per_class,
             "max_per_class": per_class, "median_per_class": per_class, "imbalance": 1.0, "bn_shift": shift,
-            "far_domain": shift > FAR_DOMAIN_SHIFT, "knn_accuracy": 0.9, "probe_images": 64}
+            "far_domain": shift > FAR_DOMAIN_SHIFT, "probe_accuracy": 0.9, "probe_images": 64}
 
 
 def _recommended_config(rec):

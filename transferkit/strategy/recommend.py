@@ -8,8 +8,8 @@ with the stored ones (symmetric KL divergence between the two Gaussians, average
 over layers). Natural photos land close to ImageNet; grayscale textures, X-rays or digits land far.
 It costs one forward pass of ~64 images, needs no labels, and measures exactly what breaks first
 under domain shift (see AdaBN, Li et al. 2016). As a second, label-aware signal we report the
-leave-one-out 1-NN accuracy of the frozen features on the same subset: how separable the classes
-already are without any training.
+cross-validated accuracy of the converged linear probe (the head feature extraction fits) on the same
+subset: how separable the classes already are without adapting the backbone.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -89,7 +90,8 @@ class Recommendation:
             f"{m['min_per_class']}-{m['max_per_class']} per class (imbalance {m['imbalance']:.1f}x)",
             f"domain distance (BatchNorm statistics shift vs ImageNet): {m['bn_shift']:.2f} "
             f"({'far' if m['far_domain'] else 'near'}; far above {FAR_DOMAIN_SHIFT})",
-            f"frozen-feature 1-NN accuracy on {m['probe_images']} images: {m['knn_accuracy']:.2f}",
+            f"frozen-feature accuracy on {m['probe_images']} images: {m['probe_accuracy']:.2f} (converged linear probe, "
+            f"{m.get('probe_folds', 'k')}-fold cross-validated)",
             f"recommended: {self.strategy}",
         ]
         lines += [f"  because {r}" for r in self.reasons]
@@ -140,14 +142,24 @@ def bn_shift(backbone: nn.Module, images: torch.Tensor) -> tuple[float, torch.Te
     return (shifts[len(shifts) // 2] if shifts else 0.0), features
 
 
-def _knn_accuracy(features: torch.Tensor, labels: torch.Tensor) -> float:
-    """Leave-one-out 1-nearest-neighbour accuracy with cosine similarity."""
-    if len(labels) < 2:
-        return float("nan")
-    f = torch.nn.functional.normalize(features.float(), dim=1)
-    sim = f @ f.T
-    sim.fill_diagonal_(-2.0)
-    return float((labels[sim.argmax(dim=1)] == labels).float().mean())
+def _probe_accuracy(features: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
+    """(cross-validated accuracy, folds) of the converged linear probe that feature extraction fits.
+
+    The same fit as the trainer's head (transferkit.features.probe), so the recommender's frozen-feature
+    score is what feature extraction would reach, not a proxy; with no held-out split on a 64-image probe
+    the L2 strength is chosen by stratified k-fold on it, and the score is the out-of-fold accuracy of the
+    chosen strength. Classes with fewer than 2 probe images leave too little to cross-validate: NaN.
+    """
+    from transferkit.features.probe import fit_linear_probe
+
+    y = labels.numpy()
+    counts = np.bincount(y)
+    smallest = int(counts[counts > 0].min()) if len(y) else 0
+    if len(np.unique(y)) < 2 or smallest < 2:
+        return float("nan"), 0
+    folds = min(5, smallest)
+    fit = fit_linear_probe(features.float().numpy(), y, None, folds=folds)
+    return float(fit.selection_score), folds
 
 
 def _probe_subset(samples: list, per_class: int, seed: int) -> list:
@@ -166,7 +178,7 @@ def _probe_subset(samples: list, per_class: int, seed: int) -> list:
 def measure(data: DataCfg, backbone: str = DEFAULT_BACKBONE, weights: str | None = None,
             probe_images: int = 64, input_size: int | None = None,
             mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None) -> dict[str, Any]:
-    """Dataset size/balance, BN-statistics shift and frozen 1-NN accuracy on a small probe subset."""
+    """Dataset size/balance, BN-statistics shift and the frozen features' probe accuracy on a small subset."""
     spec = resolve_spec(backbone, weights).with_input_size(input_size).with_normalization(mean, std)
     splits = prepare_data(dataclasses.replace(data, validate=False), draft_size=resize_size(spec))
     counts = Counter(s.label for s in splits.train)
@@ -192,7 +204,7 @@ def measure(data: DataCfg, backbone: str = DEFAULT_BACKBONE, weights: str | None
         "imbalance": max(counts.values()) / max(1, min(counts.values())),
         "bn_shift": shift,
         "far_domain": shift > FAR_DOMAIN_SHIFT,
-        "knn_accuracy": _knn_accuracy(features, batch["labels"]),
+        **dict(zip(("probe_accuracy", "probe_folds"), _probe_accuracy(features, batch["labels"]))),
         "probe_images": int(batch["labels"].numel()),
     }
 
@@ -243,7 +255,8 @@ def decide(m: dict[str, Any]) -> Recommendation:
             {"epochs": 20, "lr": 1e-3},
             [f"the images look like ImageNet photos (BatchNorm shift {m['bn_shift']:.2f} <= {FAR_DOMAIN_SHIFT})",
              f"{size_text} (< {SMALL_PER_CLASS}): too few to adapt the backbone safely; seeds' table says "
-             "feature extraction with a 1e-3 head (embeddings are cached, so this is fast)"],
+             "feature extraction (embeddings are cached and the linear head is fitted to convergence on them, "
+             "so this takes seconds; --epochs and --lr apply only to an MLP head or --head-fit sgd)"],
             m,
         )
     if per_class < LARGE_PER_CLASS:
