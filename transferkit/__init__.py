@@ -9,9 +9,10 @@ Public API (the CLI wraps exactly these)::
     loaded = tk.load_run("runs/x")
 """
 
-from transferkit.api import build_config, evaluate, load_run, predict, resume, train
-from transferkit.compare import compare
-from transferkit.strategy.recommend import recommend
+from importlib import import_module
+from typing import Any
+
+from transferkit.compare import compare  # eager: a later `import transferkit.compare` would shadow a lazy name
 from transferkit.errors import (
     CheckpointError,
     ConfigError,
@@ -22,6 +23,27 @@ from transferkit.errors import (
 )
 
 __version__ = "0.1.0"
+
+# The API loads torch and timm (seconds). Importing the package, and so `transferkit --help`, must not:
+# each name is imported from its module on first use (PEP 562), and `tk.train` / `from transferkit
+# import train` work as before.
+_LAZY = {
+    "train": "transferkit.api", "evaluate": "transferkit.api", "predict": "transferkit.api",
+    "load_run": "transferkit.api", "resume": "transferkit.api", "build_config": "transferkit.api",
+    "recommend": "transferkit.strategy.recommend",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'transferkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
     "train",

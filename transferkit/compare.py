@@ -23,7 +23,6 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import yaml
 
-from transferkit.api import train
 from transferkit.errors import ConfigError
 from transferkit.fileio import write_json, write_text
 from transferkit.metrics.intervals import paired_difference, seed_image_interval
@@ -69,6 +68,8 @@ def compare(
         raise ConfigError(f"--seeds {seeds} must be at least 1")
     if not strategies:
         raise ConfigError("--strategies is empty; name at least one, e.g. feature-extraction,finetune")
+    from transferkit.api import train  # torch and timm load here, not when the package is imported
+
     root = Path(out or Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-compare")
     result: dict[str, Any] = {"data": str(data), "seeds": seeds, "settings": dict(common), "strategies": {}}
     for strategy in strategies:
