@@ -212,7 +212,7 @@ def comparison_table(result: dict[str, Any]) -> str:
             _fmt(m["macro_f1"], s["macro_f1"]), _fmt(m["roc_auc"], s["roc_auc"])]
         cells += ([str(bn.get(name))] if bn else []) + [f"{m['epochs']:.1f}", _fmt(m["time_s"], s["time_s"], 0), trainable]
         lines.append("| " + " | ".join(cells) + " |")
-    differences = {k: v for k, v in (result.get("differences") or {}).items()}
+    differences = result.get("differences") or {}
     if differences:
         lines += ["", "Settings that differ between rows besides the strategy: "
                   + "; ".join(f"{k}: " + ", ".join(f"{n} {v}" for n, v in values.items()) for k, values in differences.items())
