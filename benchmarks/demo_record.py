@@ -46,12 +46,18 @@ def main() -> None:
     write_json(HERE / "results" / "demo.json", record)
     lines = [f"# demo: `{record['command']}`", "", f"Command: `{COMMAND}` (whole process, cold cache, "
              f"{record['process_wall_time_s']} s; 1-min load average before: {record['load_avg_1min_before']}, "
-             f"{record['cpu_count']} cores).", "", "| strategy | accuracy | macro-F1 | n (val) | best epoch | epochs | bn | lr | time (s) |",
+             f"{record['cpu_count']} cores). Test split (chose nothing); the epoch was chosen on the selection split.", "",
+             "| strategy | test accuracy [95% CI] | macro-F1 | n (test) | selected epoch | epochs | bn | lr | time (s) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in record["rows"]:
         s, m = r["settings"], r["metrics"]
-        lines.append(f"| {r['strategy']} | {m['accuracy']:.3f} | {m['macro_f1']:.3f} | {r['n_val']} | {r['best_epoch']} | "
-                     f"{s['epochs']} | {s['bn']} | {s['lr']} | {r['time_s']:.0f} |")
+        lo, hi = r["ci95"]["accuracy"]
+        lines.append(f"| {r['strategy']} | {m['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] | {m['macro_f1']:.3f} | {r['n_test']} | "
+                     f"{r['selected_epoch']} | {s['epochs']} | {s['bn']} | {s['lr']} | {r['time_s']:.0f} |")
+    v = record["verdicts"]
+    lines += ["", f"Paired verdicts against the best row ({v['best']}), same test images: "
+              + "; ".join(f"{name} {row['vs_best']:+.3f} [{row['vs_best_ci95'][0]:+.3f}, {row['vs_best_ci95'][1]:+.3f}] "
+                          f"{row['verdict']}" for name, row in v["strategies"].items() if "verdict" in row) + "."]
     differs = record["differing_settings"]
     lines += ["", "Settings that differ between rows besides the strategy: "
               + ("; ".join(f"{k}: {' / '.join(map(str, v))}" for k, v in differs.items()) or "none") + "."]

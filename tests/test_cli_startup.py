@@ -1,27 +1,84 @@
-"""`transferkit --help` starts fast: building the CLI loads neither torch, timm nor matplotlib."""
+"""`transferkit --help` starts fast: building the CLI loads neither torch, timm nor matplotlib.
+
+Commands live one per module in transferkit/cli/, registered the same way, and share only the public
+helpers of transferkit.cli.common and transferkit.cli.options.
+"""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
+
+import transferkit.cli as cli
+
+CLI_DIR = Path(cli.__file__).parent
+HEAVY = ("torch", "timm", "matplotlib", "sklearn", "transferkit.api")
 
 CHECK = """
 import sys
 from typer.testing import CliRunner
-from transferkit.cli import app
+from transferkit.cli import COMMANDS, app
 result = CliRunner().invoke(app, ["--help"])
 assert result.exit_code == 0, result.output
 for command in ("train", "evaluate", "predict", "compare", "recommend", "embed"):
     assert command in result.output, command
-heavy = [m for m in ("torch", "timm", "matplotlib", "sklearn") if m in sys.modules]
+for args in [[c, "--help"] for c in COMMANDS] + [["cache", "info", "--help"], ["cache", "clear", "--help"]]:
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, (args, result.output)
+heavy = [m for m in HEAVY if m in sys.modules]
 print("HEAVY", heavy)
 """
 
 
+def _run_fresh(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", f"HEAVY = {HEAVY!r}\n{code}"], capture_output=True, text=True,
+                          timeout=120)
+
+
 def test_help_imports_no_torch_timm_or_matplotlib():
-    out = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, timeout=120)
+    """The app, `--help` and every command's `--help` (train's generated options included) stay light."""
+    out = _run_fresh(CHECK)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "HEAVY []" in out.stdout, out.stdout
+
+
+def test_the_console_script_module_answers_help_without_torch():
+    """`python -m transferkit.cli train --help` (the torchrun entry) works and loads no torch."""
+    code = ("import runpy, sys\nsys.argv = ['transferkit', 'train', '--help']\n"
+            "try:\n    runpy.run_module('transferkit.cli', run_name='__main__')\nexcept SystemExit as e:\n"
+            "    assert e.code in (0, None), e.code\n"
+            "print('HEAVY', [m for m in HEAVY if m in sys.modules])\n")
+    out = _run_fresh(code)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "--backbone-lr-scale" in out.stdout and "HEAVY []" in out.stdout, out.stdout[-2000:]
+
+
+def _imports(path: Path) -> list[tuple[str, list[str]]]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.append((node.module, [alias.name for alias in node.names]))
+        elif isinstance(node, ast.Import):
+            found.extend((alias.name, []) for alias in node.names)
+    return found
+
+
+def test_every_command_module_registers_the_same_way_and_imports_no_other_command():
+    shared = {"transferkit.cli.common", "transferkit.cli.options"}
+    commands = {f"transferkit.cli.{name}" for name in cli.COMMANDS}
+    modules = {p.stem for p in CLI_DIR.glob("*.py")} - {"__init__", "__main__", "common", "options"}
+    assert modules == set(cli.COMMANDS), "every command module is listed in COMMANDS, and only those"
+    for name in cli.COMMANDS:
+        module = sys.modules[f"transferkit.cli.{name}"]
+        assert callable(getattr(module, "register", None)), f"transferkit/cli/{name}.py has no register(app)"
+        for imported, names in _imports(CLI_DIR / f"{name}.py"):
+            assert imported not in commands and imported != "transferkit.cli", f"{name}.py imports {imported}"
+            if imported in shared:
+                private = [n for n in names if n.startswith("_")]
+                assert not private, f"{name}.py imports private names {private} from {imported}"
 
 
 def test_the_package_api_still_resolves_every_public_name():

@@ -77,7 +77,7 @@ def _assert_same_run(one: Path, two: Path) -> None:
     for a, b in zip(m1, m2):
         # same samples per global step; only the float reduction order differs (gradient all-reduce)
         assert abs(a["train_loss"] - b["train_loss"]) < 1e-4, (a["train_loss"], b["train_loss"])
-        assert a["val_accuracy"] == b["val_accuracy"]
+        assert a["selection_accuracy"] == b["selection_accuracy"]
         assert a["trainable_groups"] == b["trainable_groups"]
     worst = _worst(load_file(str(one / "model.safetensors")), load_file(str(two / "model.safetensors")))
     assert worst < 1e-4, f"best weights differ by up to {worst}"
@@ -137,10 +137,10 @@ def test_finetune_with_batchnorm_training_differs_within_a_stated_bound(tmp_path
     losses = [abs(a["train_loss"] - b["train_loss"]) for a, b in zip(m1, m2)]
     worst = _worst(_last_weights(one), _last_weights(two))
     print(f"finetune, BatchNorm train: train loss differs by {losses}, weights by up to {worst}, "
-          f"val accuracy {[a['val_accuracy'] for a in m1]} vs {[b['val_accuracy'] for b in m2]}")
+          f"val accuracy {[a['selection_accuracy'] for a in m1]} vs {[b['selection_accuracy'] for b in m2]}")
     # measured on this folder (4 images per process and step): train loss differs by 0.030 and 0.104
     assert 1e-4 < losses[0] < 0.25, "per-process BatchNorm statistics make the runs differ, by a bounded amount"
     assert losses[1] < 0.25
-    assert all(abs(a["val_accuracy"] - b["val_accuracy"]) <= 0.25 for a, b in zip(m1, m2))  # 2 of 8 images
+    assert all(abs(a["selection_accuracy"] - b["selection_accuracy"]) <= 0.25 for a, b in zip(m1, m2))  # 2 of 8 images
     s2 = json.loads((two / "summary.json").read_text())
     assert s2["world_size"] == 2

@@ -53,7 +53,9 @@ def test_feature_extraction_on_real_insects_is_accurate(insects: SimpleNamespace
     spec = json.loads((insects.run_dir / "backbone.json").read_text(encoding="utf-8"))
     assert spec["input_size"] == 224 and s["strategy"] == "feature-extraction"  # the native resolution
     assert s["data"]["classes"] == ["ants", "bees"]
-    assert (s["data"]["n_train"], s["data"]["n_val"]) == (245, 153), s["data"]
+    # train/ (245) gives 15% to the selection split; val/ (153) is the test split, chosen on by nothing
+    assert (s["data"]["n_train"] + s["data"]["n_selection"], s["data"]["n_test"]) == (245, 153), s["data"]
+    assert s["metrics_split"] == "test" and s["protocol"]["test"]["source"].startswith("val/")
     assert s["params"]["trainable"] < 0.01 * s["params"]["total"]  # the head only
     assert any(p.is_file() and p.stat().st_size > 0 for p in insects.cache.rglob("*")), "no embedding was cached"
     m = s["metrics"]
@@ -68,7 +70,7 @@ def test_real_run_report_explains_insects(insects: SimpleNamespace):
     assert report.is_file()
     page = assert_self_contained(report)
     # the gallery: up to GALLERY_SIZE most confident mistakes and as many least confident correct photos
-    n_val, accuracy = insects.summary["data"]["n_val"], insects.summary["metrics"]["accuracy"]
+    n_val, accuracy = insects.summary["data"]["n_test"], insects.summary["metrics"]["accuracy"]
     wrong = round((1 - accuracy) * n_val)
     shown = min(GALLERY_SIZE, wrong) + min(GALLERY_SIZE, n_val - wrong)
     assert page.ids == RUN_SECTIONS and page.gallery_items == shown and shown >= GALLERY_SIZE + 1

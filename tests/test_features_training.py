@@ -19,7 +19,8 @@ from transferkit.models.backbones import build_backbone, resolve_spec
 from conftest import TINY
 
 RUN_FILES = {"config.yaml", "classes.json", "split.json", "plan.json", "backbone.json", "metrics.jsonl", "model.safetensors",
-             "model.json", "val_metrics.json", "val_predictions.json", "skipped.json", "summary.json"}
+             "model.json", "test_metrics.json", "test_predictions.json", "selection_predictions.json", "skipped.json",
+             "summary.json"}
 LEARN = dict(TINY, epochs=4, lr=0.02)
 
 
@@ -49,11 +50,11 @@ def test_cached_and_uncached_runs_match_in_form_and_quality(tiny_folder, tmp_pat
     a, b = cached.summary, plain.summary
     assert a.keys() == b.keys() and a["epochs_run"] == b["epochs_run"] == 4
     assert a["head_fit"]["method"] == "probe" and b["head_fit"] == {"method": "sgd"}
-    # measured on these 6 val images: probe 1.0 (train accuracy 1.0), 4 SGD epochs 1.0
+    # measured on these 6 test images: probe 1.0 (train accuracy 1.0), 4 SGD epochs 1.0
     assert a["metrics"]["accuracy"] == 1.0 and a["head_fit"]["train_accuracy"] == 1.0
-    assert b["metrics"]["accuracy"] >= 5 / 6, "at most one of 6 val images apart"
-    rows = json.loads((tmp_path / "cached" / "val_predictions.json").read_text())
-    assert len(rows) == b["data"]["n_val"] and set(rows[0]) == {"path", "label", "probs"}
+    assert b["metrics"]["accuracy"] >= 5 / 6, "at most one of 6 test images apart"
+    rows = json.loads((tmp_path / "cached" / "test_predictions.json").read_text())
+    assert len(rows) == b["data"]["n_test"] and set(rows[0]) == {"path", "label", "probs"}
     records = [json.loads(line) for line in (tmp_path / "cached" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [4] and records[0]["trainable_groups"] == ["head"]
     assert records[0]["head_fit"]["replaces_epochs"] == 4
@@ -69,7 +70,7 @@ def test_probe_without_the_cache_equals_the_cached_probe(tiny_folder, tmp_path, 
                       overrides={"model.head_fit": "probe"}, **LEARN)
     assert counted["images"] == 72 and not unused.exists(), "embedded again, in memory, nothing written"
     assert memory.summary["head_fit"]["l2"] == cached.summary["head_fit"]["l2"]
-    assert (tmp_path / "memory" / "val_predictions.json").read_text() == (tmp_path / "cached" / "val_predictions.json").read_text()
+    assert (tmp_path / "memory" / "test_predictions.json").read_text() == (tmp_path / "cached" / "test_predictions.json").read_text()
     a, b = load_file(str(tmp_path / "cached" / "model.safetensors")), load_file(str(tmp_path / "memory" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -85,7 +86,7 @@ def test_warm_run_repeats_the_cold_run_exactly(tiny_folder, tmp_path, counted):
     tk.train(tiny_folder, out=str(tmp_path / "warm"), **dict(LEARN, workers=1))
     assert counted["images"] == embedded, "the warm run embeds nothing"
     assert _epochs(tmp_path / "cold") == _epochs(tmp_path / "warm")
-    assert (tmp_path / "cold" / "val_predictions.json").read_text() == (tmp_path / "warm" / "val_predictions.json").read_text()
+    assert (tmp_path / "cold" / "test_predictions.json").read_text() == (tmp_path / "warm" / "test_predictions.json").read_text()
 
 
 def test_second_run_reuses_the_cache_and_the_model_is_complete(tiny_folder, tmp_path, counted):
@@ -113,7 +114,8 @@ def test_lp_ft_head_phase_uses_the_cache_then_finetunes(tiny_folder, tmp_path, c
 def test_cache_views_embed_augmented_train_views(tiny_folder, tmp_path, counted):
     result = tk.train(tiny_folder, out=str(tmp_path / "views"), cache_views=2, **dict(TINY, epochs=1))
     data = result.summary["data"]
-    assert counted["images"] == data["n_val"] + 2 * data["n_train"]  # val: eval view; train: two augmented views
+    # selection and test: the eval view; train: two augmented views
+    assert counted["images"] == data["n_selection"] + data["n_test"] + 2 * data["n_train"]
     assert result.summary["epochs_run"] == 1
 
 

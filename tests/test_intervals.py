@@ -116,10 +116,10 @@ def test_every_printed_metric_carries_its_interval_and_n(tiny_split_folder, tmp_
             "--workers", "0", "--out", str(run)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert re.search(r"val:  accuracy \d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\], .*n=8", result.output), result.output
+    assert re.search(r"test: accuracy \d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\], .*n=8", result.output), result.output
     summary = json.loads((run / "summary.json").read_text())
     lo, hi = summary["ci95"]["accuracy"]
-    assert lo <= summary["metrics"]["accuracy"] <= hi and summary["metrics_split"] == "val"
+    assert lo <= summary["metrics"]["accuracy"] <= hi and summary["metrics_split"] == "test"
     evaluated = CliRunner().invoke(app, ["evaluate", str(run), str(tiny_split_folder / "val")])
     assert evaluated.exit_code == 0, evaluated.output
     assert re.search(r"8 images: accuracy \d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", evaluated.output), evaluated.output

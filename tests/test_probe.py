@@ -126,8 +126,8 @@ def test_test_split_never_influences_the_fit(tmp_path):
     assert h1["method"] == "probe" and h1["l2"] == h2["l2"] and h1["grid"] == h2["grid"]
     w1, w2 = load_file(tmp_path / "r1" / "model.safetensors"), load_file(tmp_path / "r2" / "model.safetensors")
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
-    assert first.summary["metrics"] == second.summary["metrics"]  # selection (val) metrics identical too
-    assert first.summary["test_metrics"] != second.summary["test_metrics"]  # the relabelling did reach test
+    assert first.summary["selection_metrics"] == second.summary["selection_metrics"]  # val/ chose: identical
+    assert first.summary["metrics"] != second.summary["metrics"]  # the relabelling did reach test
 
 
 # --- (c) above the row threshold: the streaming mini-batch path ------------------------------------

@@ -48,11 +48,11 @@ def test_relabelling_the_test_split_changes_no_choice_and_no_weight(three_splits
     (swapped / "test" / "tmp").rename(swapped / "test" / "b")
     second = tk.train(swapped, out=str(tmp_path / "second"), **SETTINGS).summary
     assert _weights(tmp_path / "first") == _weights(tmp_path / "second")  # bit for bit
-    assert first["best_epoch"] == second["best_epoch"]
+    assert first["selected_epoch"] == second["selected_epoch"]
     assert _epochs(tmp_path / "first") == _epochs(tmp_path / "second")  # every selection-split figure too
-    assert first["metrics"] == second["metrics"]  # val: the selection split
+    assert first["selection_metrics"] == second["selection_metrics"]  # val/: the selection split
     # the test labels did change, so the test figures must move (they are reported, never used)
-    a, b = first["test_metrics"]["accuracy"], second["test_metrics"]["accuracy"]
+    a, b = first["metrics"]["accuracy"], second["metrics"]["accuracy"]
     assert a == pytest.approx(1 - b)
 
 
@@ -79,3 +79,72 @@ def test_no_test_image_is_read_while_training_or_selecting(three_splits: Path, t
     assert during and not [p for p in during if test_root in p.resolve().parents]
     assert {p.resolve().parent.parent.name for p in during} == {"train", "val"}
     assert any(test_root in p.resolve().parents for fitting, p in read if not fitting)  # read once, to report
+
+
+# --- the three roles for each folder layout ----------------------------------------------------------
+
+
+def _swap(folder: Path, a: str, b: str) -> None:
+    (folder / a).rename(folder / "tmp")
+    (folder / b).rename(folder / a)
+    (folder / "tmp").rename(folder / b)
+
+
+def test_train_val_folder_reports_val_and_relabelling_it_changes_nothing_chosen(tmp_path: Path):
+    """train/ val/: the selection split is carved from train/, val/ is the test split (the issue's test a)."""
+    root = tmp_path / "data"
+    make_image_folder(root / "train", {"a": 10, "b": 10}, seed=1)
+    make_image_folder(root / "val", {"a": 4, "b": 4}, seed=2)
+    first = tk.train(root, out=str(tmp_path / "first"), **SETTINGS).summary
+    _swap(root / "val", "a", "b")
+    second = tk.train(root, out=str(tmp_path / "second"), **SETTINGS).summary
+    assert _weights(tmp_path / "first") == _weights(tmp_path / "second")
+    assert first["selected_epoch"] == second["selected_epoch"] and _epochs(tmp_path / "first") == _epochs(tmp_path / "second")
+    assert first["metrics"]["accuracy"] == pytest.approx(1 - second["metrics"]["accuracy"])
+    p = first["protocol"]
+    assert (p["train"]["n"], p["selection"]["n"], p["test"]["n"]) == (16, 4, 8)
+    assert p["selection"]["source"].startswith("15% of train/") and p["test"]["source"].startswith("val/")
+    split = json.loads((tmp_path / "first" / "split.json").read_text())
+    assert split["protocol"] == p
+    assert {Path(r).parts[0] for r, _ in split["train"] + split["selection"]} == {"train"}
+    assert {Path(r).parts[0] for r, _ in split["test"]} == {"val"}
+    assert not {r for r, _ in split["train"]} & {r for r, _ in split["selection"]}
+
+
+def test_flat_folder_is_split_70_15_15_disjoint_stratified_and_seeded(tmp_path: Path):
+    from transferkit.config import DataCfg
+
+    root = make_image_folder(tmp_path / "flat", {"a": 20, "b": 20, "c": 20})
+    data = datasets.prepare_data(DataCfg(path=str(root), validate=False))
+    sizes = (len(data.train), len(data.selection), len(data.test))
+    assert sizes == (42, 9, 9)  # 70/15/15 of 20 per class: 14/3/3
+    for part in (data.train, data.selection, data.test):
+        assert sorted({s.label for s in part}) == [0, 1, 2]  # every class in every role
+    paths = [{s.path for s in part} for part in (data.train, data.selection, data.test)]
+    assert not (paths[0] & paths[1] or paths[0] & paths[2] or paths[1] & paths[2])
+    again = datasets.prepare_data(DataCfg(path=str(root), validate=False))
+    assert [s.path for s in again.test] == [s.path for s in data.test]
+    other = datasets.prepare_data(DataCfg(path=str(root), validate=False, split_seed=1))
+    assert [s.path for s in other.test] != [s.path for s in data.test]
+    fixed = datasets.prepare_data(DataCfg(path=str(root), validate=False), select="last")
+    assert (len(fixed.train), len(fixed.selection), len(fixed.test)) == (51, 0, 9)
+    assert [s.path for s in fixed.test] == [s.path for s in data.test]  # the same test split either way
+
+
+def test_select_last_trains_a_fixed_budget_on_every_training_image(three_splits: Path, tmp_path: Path):
+    result = tk.train(three_splits, out=str(tmp_path / "run"), select="last", **{**SETTINGS, "epochs": 3})
+    s = result.summary
+    assert s["select"] == "last" and s["selected_epoch"] == 3 and s["selection_metrics"] is None
+    assert (s["data"]["n_train"], s["data"]["n_selection"], s["data"]["n_test"]) == (20, 0, 10)
+    protocol = json.loads((tmp_path / "run" / "split.json").read_text())["protocol"]
+    assert protocol["unused"].startswith("val/") and protocol["selection"]["n"] == 0  # val/ chooses nothing now
+    assert not (tmp_path / "run" / "selection_predictions.json").exists()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and not any(k.startswith("selection_") for r in rows for k in r)
+
+
+def test_select_last_refuses_early_stopping(tmp_path: Path):
+    from transferkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--select last"):
+        tk.train(tmp_path, select="last", patience=2, **SETTINGS)

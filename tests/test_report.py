@@ -108,7 +108,7 @@ def test_training_writes_a_self_contained_report_with_every_part(tiny_run: Path)
     for needle in ("trainable parameters", "Most frequent confusions", "ECE", "strategy:", "red", "green", "blue"):
         assert needle in text
     # learning curves, plan, confusion, ROC, reliability, filters + two images per gallery item
-    predictions = json.loads((tiny_run / "val_predictions.json").read_text())
+    predictions = json.loads((tiny_run / "test_predictions.json").read_text())
     wrong = sum(int(np.argmax(r["probs"])) != r["label"] for r in predictions)
     expected_items = min(8, wrong) + min(8, len(predictions) - wrong)
     assert page.gallery_items == expected_items
@@ -128,7 +128,7 @@ def test_gallery_shows_the_model_view_and_the_overlay(tiny_run: Path):
 def test_report_cli_rebuilds_and_survives_missing_pieces(tiny_run: Path, tmp_path: Path):
     run = copy_run(tiny_run, tmp_path)
     (run / "model.safetensors").unlink()  # no model: no Grad-CAM, no filters, but still a page
-    (run / "val_predictions.json").unlink()
+    (run / "test_predictions.json").unlink()
     result = CliRunner().invoke(app, ["report", str(run)])
     assert result.exit_code == 0, result.output
     text = (run / "report.html").read_text(encoding="utf-8")
@@ -138,9 +138,9 @@ def test_report_cli_rebuilds_and_survives_missing_pieces(tiny_run: Path, tmp_pat
 
 def test_a_failing_section_is_reported_in_place(tiny_run: Path, tmp_path: Path):
     run = copy_run(tiny_run, tmp_path)
-    details = json.loads((run / "val_metrics.json").read_text())
+    details = json.loads((run / "test_metrics.json").read_text())
     details["confusion_matrix"] = "garbage"
-    (run / "val_metrics.json").write_text(json.dumps(details))
+    (run / "test_metrics.json").write_text(json.dumps(details))
     text = build_run_report(run).read_text(encoding="utf-8")
     assert "could not be drawn" in text  # the confusion section says what went wrong ...
     assert parse(run / "report.html").ids == RUN_SECTIONS  # ... and the other sections are still there
@@ -148,10 +148,10 @@ def test_a_failing_section_is_reported_in_place(tiny_run: Path, tmp_path: Path):
 
 def test_missing_images_are_named_in_the_gallery(tiny_run: Path, tmp_path: Path):
     run = copy_run(tiny_run, tmp_path)
-    rows = json.loads((run / "val_predictions.json").read_text())
+    rows = json.loads((run / "test_predictions.json").read_text())
     for r in rows:
         r["path"] = str(tmp_path / "moved" / Path(r["path"]).name)
-    (run / "val_predictions.json").write_text(json.dumps(rows))
+    (run / "test_predictions.json").write_text(json.dumps(rows))
     text = build_run_report(run).read_text(encoding="utf-8")
     assert "image not found" in text
 
@@ -167,9 +167,9 @@ def test_report_cli_refuses_a_folder_that_is_not_a_run(tmp_path: Path):
 
 def test_evaluation_report_with_gradcam_and_escaped_names(tiny_run: Path, tmp_path: Path):
     loaded = tk.load_run(tiny_run)
-    details = json.loads((tiny_run / "val_metrics.json").read_text())
+    details = json.loads((tiny_run / "test_metrics.json").read_text())
     details.update(data="some/folder", skipped_files=[{"path": "<img src=x onerror=alert(1)>.jpg", "reason": "broken"}])
-    rows = json.loads((tiny_run / "val_predictions.json").read_text())
+    rows = json.loads((tiny_run / "test_predictions.json").read_text())
     target = build_evaluation_report(tmp_path, details, rows, run=loaded)
     assert target == tmp_path / "evaluation.html"
     page = assert_self_contained(target)
@@ -197,7 +197,7 @@ def test_comparison_report_has_table_bars_and_curves(tmp_path: Path):
         for seed in range(2):
             run = tmp_path / name / f"seed{seed}"
             run.mkdir(parents=True)
-            lines = [{"epoch": e, "val_accuracy": 0.5 + 0.1 * e * (k + 1) / 3, "val_nll": 1.0 / e} for e in (1, 2, 3)]
+            lines = [{"epoch": e, "selection_accuracy": 0.5 + 0.1 * e * (k + 1) / 3, "selection_nll": 1.0 / e} for e in (1, 2, 3)]
             (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
             runs.append({"metrics": {"accuracy": 0.6 + 0.3 * k + 0.01 * seed, "balanced_accuracy": 0.6, "macro_f1": 0.6,
                                      "roc_auc": None}, "epochs_run": 3, "time_s": 10.0, "params": {"trainable": 10, "total": 10}})
@@ -315,7 +315,7 @@ def test_plots_handle_degenerate_inputs():
     many = [f"class{i}" for i in range(20)]
     assert plots.confusion_matrices(np.eye(20, dtype=int), many).startswith("data:image/png;base64,")
     assert plots.plan_chart({}) is None
-    uri = plots.learning_curves([{"epoch": 1, "train_loss": 1.0, "val_nll": None, "lr": {"head": 0.0}}])
+    uri = plots.learning_curves([{"epoch": 1, "train_loss": 1.0, "selection_nll": None, "lr": {"head": 0.0}}])
     assert decode_uri(uri).size[0] > 300
 
 

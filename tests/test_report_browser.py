@@ -113,7 +113,7 @@ def test_comparison_report_renders_in_chromium(tmp_path: Path):
     for name in ("scratch", "feature-extraction"):
         run = tmp_path / name / "seed0"
         run.mkdir(parents=True)
-        (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "val_accuracy": 0.5 + e / 10, "val_nll": 1 / e}) + "\n"
+        (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "selection_accuracy": 0.5 + e / 10, "selection_nll": 1 / e}) + "\n"
                                                    for e in (1, 2, 3)))
         strategies[name] = {"runs": [{"metrics": {"accuracy": 0.7, "balanced_accuracy": 0.7, "macro_f1": 0.7, "roc_auc": 0.8},
                                       "epochs_run": 3, "time_s": 5.0, "params": {"trainable": 5, "total": 10}}],

@@ -106,7 +106,7 @@ def messy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def _used(run_dir: Path) -> set[str]:
     split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
-    return {os.path.join(split["root"], rel) for part in ("train", "val", "test") for rel, _ in split[part]}
+    return {os.path.join(split["root"], rel) for part in ("train", "selection", "test") for rel, _ in split[part]}
 
 
 def _skipped(run_dir: Path) -> dict[str, str]:
@@ -131,7 +131,8 @@ def test_messy_folder_trains_and_accounts_for_every_file(messy: Path, tmp_path: 
         for name in files + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
             path = os.path.join(folder, name)
             assert path in used or path in skipped, path
-    assert result.summary["data"]["n_train"] + result.summary["data"]["n_val"] == len(used) == 24 + 10
+    data = result.summary["data"]
+    assert data["n_train"] + data["n_selection"] + data["n_test"] == len(used) == 24 + 10
 
 
 def test_predict_and_evaluate_on_messy_folder(messy: Path, tmp_path: Path) -> None:
@@ -220,7 +221,7 @@ def test_files_broken_after_validation_are_skipped_not_fatal(tmp_path: Path, mon
     for path, reason in broken.items():
         assert reason in skipped[str(path)], (path, skipped.get(str(path)))
     assert result.summary["epochs_run"] == 2
-    val_rows = json.loads((result.run_dir / "val_predictions.json").read_text(encoding="utf-8"))
+    val_rows = json.loads((result.run_dir / "test_predictions.json").read_text(encoding="utf-8"))
     assert len(val_rows) == 7  # the broken val file has no prediction, the others all do
 
 

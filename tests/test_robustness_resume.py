@@ -76,7 +76,7 @@ def assert_same_run(run: Path, expected: Path) -> None:
     assert metric_rows(run) == metric_rows(expected)
     assert [row["epoch"] for row in metric_rows(run)] == [1, 2]  # each epoch exactly once
     got, want = (json.loads((r / "summary.json").read_text(encoding="utf-8")) for r in (run, expected))
-    for key in ("metrics", "best_epoch", "epochs_run"):
+    for key in ("metrics", "selected_epoch", "epochs_run"):
         assert got[key] == want[key], key
     a, b = load_file(run / MODEL_FILE), load_file(expected / MODEL_FILE)
     assert a.keys() == b.keys()
@@ -198,7 +198,7 @@ def test_sigkill_mid_epoch_then_cli_resume_is_bit_identical(data_dir: Path, tmp_
     a, b = load_file(killed / MODEL_FILE), load_file(full / MODEL_FILE)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     got, want = (json.loads((r / "summary.json").read_text(encoding="utf-8")) for r in (killed, full))
-    assert got["metrics"] == want["metrics"] and got["best_epoch"] == want["best_epoch"]
+    assert got["metrics"] == want["metrics"] and got["selected_epoch"] == want["selected_epoch"]
 
 
 # --- a crash while the best model is being written ----------------------------------------------

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from transferkit.config import FLAT_KEYS, RunCfg, apply_overrides, config_from_dict, load_config
+from transferkit.config import FLAT_KEYS, RunCfg, apply_overrides, config_from_dict, flat_overrides, load_config
 from transferkit.data.datasets import ImageDataset, make_loader
 from transferkit.data.decode import IMAGE_EXTENSIONS
 from transferkit.data.scan import Sample, ScanResult, detect_layout, scan_class_folder, scan_dataset, validate
@@ -20,7 +20,7 @@ from transferkit.data.transforms import eval_transform, resize_size
 from transferkit.engine.loop import pick_device, predict_loader
 from transferkit.engine.oom import oom_guard
 from transferkit.engine.trainer import RunResult, Trainer
-from transferkit.errors import ConfigError, DataError
+from transferkit.errors import DataError
 from transferkit.export.runfiles import LoadedRun, load_run
 from transferkit.fileio import write_json
 from transferkit.metrics.classification import detailed_metrics
@@ -44,15 +44,15 @@ def _config_sources(
     overrides: Mapping[str, Any] | None,
     kwargs: Mapping[str, Any],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(nested values of the config file or dict, dotted values of overrides and keywords)."""
+    """(nested values of the config file or dict, dotted values of overrides and keywords).
+
+    Keywords are checked first, before any file is read: a misspelt name fails with "did you mean".
+    """
+    keywords = flat_overrides(kwargs)
     raw: dict[str, Any] = {}
     if config is not None:
         raw = dict(config) if isinstance(config, Mapping) else load_config(config)
-    dotted: dict[str, Any] = dict(overrides or {})
-    for key, value in kwargs.items():
-        if key not in FLAT_KEYS:
-            raise ConfigError(f"unknown option {key!r}; known: {', '.join(sorted(FLAT_KEYS))}")
-        dotted[FLAT_KEYS[key]] = value
+    dotted: dict[str, Any] = {**(overrides or {}), **keywords}
     if data is not None:
         dotted["data.path"] = str(data)
     return raw, dotted

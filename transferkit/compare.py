@@ -26,10 +26,11 @@ import yaml
 from transferkit.errors import ConfigError
 from transferkit.fileio import write_json, write_text
 from transferkit.metrics.intervals import paired_difference, seed_image_interval
+from transferkit.strategy.plan import default_comparison  # light: config, errors, registry; no torch
 
 __all__ = ["compare", "comparison_table", "paired_verdicts", "differing_settings", "DEFAULT_STRATEGIES", "METRICS"]
 
-DEFAULT_STRATEGIES = ("scratch", "feature-extraction", "finetune", "lp-ft", "gradual")
+DEFAULT_STRATEGIES = default_comparison()  # the registered strategies marked compare=True, in registry order
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
 
 
@@ -47,7 +48,8 @@ def _aggregate(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     for key, getter in (("epochs", lambda s: s["epochs_run"]), ("time_s", lambda s: s["time_s"])):
         mean[key], std[key] = _mean_std([getter(s) for s in summaries])
     params = summaries[0]["params"]
-    return {"mean": mean, "std": std, "trainable": params["trainable"], "total": params["total"]}
+    return {"mean": mean, "std": std, "trainable": params["trainable"], "total": params["total"],
+            "selected_epochs": [s.get("selected_epoch") for s in summaries]}
 
 
 def compare(
@@ -124,14 +126,14 @@ def differing_settings(result: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _predictions(run_dir: Path) -> tuple[str, list[str], np.ndarray, np.ndarray]:
-    """(split, paths, labels, probs) of the split a run reports (test when it has one), sorted by path."""
-    for split in ("test", "val"):
+    """(split, paths, labels, probs) of the test split a run reports (chose nothing), sorted by path."""
+    for split in ("test",):
         path = run_dir / f"{split}_predictions.json"
         if path.is_file():
             rows = sorted(json.loads(path.read_text(encoding="utf-8")), key=lambda r: r["path"])
             return (split, [r["path"] for r in rows], np.array([r["label"] for r in rows], dtype=np.int64),
                     np.array([r["probs"] for r in rows], dtype=np.float64))
-    raise ConfigError(f"{run_dir} has no test_predictions.json or val_predictions.json; re-run that strategy "
+    raise ConfigError(f"{run_dir} has no test_predictions.json (a run from before the three data roles); re-run that strategy "
                       "(delete its folder) so the comparison can pair its predictions")
 
 
@@ -199,10 +201,11 @@ def comparison_table(result: dict[str, Any]) -> str:
         metric = verdicts["metric"]
         head += [f"{metric}, mean [95% CI]", "vs best: paired diff [95% CI]", "verdict"]
     head += ["accuracy ± std", "balanced acc. ± std", "macro-F1 ± std", "ROC-AUC ± std"]
-    head += (["BN"] if bn else []) + ["epochs", "wall time (s)", "trainable params"]
+    head += (["BN"] if bn else []) + ["epochs run", "selected epoch per seed", "wall time (s)", "trainable params"]
     where = (f"{verdicts['n_images']} {verdicts['split']} images, {verdicts['n_seeds']} seed(s)" if verdicts
              else f"{result['seeds']} seed(s)")
-    lines = [f"Data: `{result['data']}`, {where}, same split (split seed 0).", "",
+    lines = [f"Data: `{result['data']}`, {where}, same split (split seed 0). Every figure is on the test split, "
+             "which chose nothing; the epoch was chosen on the selection split.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in result["strategies"].items():
         m, s = row["mean"], row["std"]
@@ -210,7 +213,8 @@ def comparison_table(result: dict[str, Any]) -> str:
         cells = [name] + _verdict_cells(verdicts, name) + [
             _fmt(m["accuracy"], s["accuracy"]), _fmt(m["balanced_accuracy"], s["balanced_accuracy"]),
             _fmt(m["macro_f1"], s["macro_f1"]), _fmt(m["roc_auc"], s["roc_auc"])]
-        cells += ([str(bn.get(name))] if bn else []) + [f"{m['epochs']:.1f}", _fmt(m["time_s"], s["time_s"], 0), trainable]
+        chosen = ", ".join(str(e) for e in row.get("selected_epochs") or []) or "n/a"
+        cells += ([str(bn.get(name))] if bn else []) + [f"{m['epochs']:.1f}", chosen, _fmt(m["time_s"], s["time_s"], 0), trainable]
         lines.append("| " + " | ".join(cells) + " |")
     differences = result.get("differences") or {}
     if differences:

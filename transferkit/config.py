@@ -7,11 +7,12 @@ resolved configuration is written into every run folder so a run can be repeated
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import yaml
 
@@ -28,127 +29,126 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "apply_overrides",
-    "STRATEGY_NAMES",
+    "FlatSetting",
+    "FLAT_SETTINGS",
     "FLAT_KEYS",
+    "flat_overrides",
+    "parse_overrides",
 ]
 
-STRATEGY_NAMES = ("feature-extraction", "finetune", "scratch", "partial", "lp-ft", "gradual", "auto")
 
-# Friendly keyword / flag names -> dotted config keys (transferkit.train keywords, `transferkit train` flags).
-FLAT_KEYS = {
-    "backbone": "model.backbone",
-    "weights": "model.weights",
-    "head": "model.head",
-    "head_fit": "model.head_fit",
-    "input_size": "model.input_size",
-    "dropout": "model.dropout",
-    "mean": "model.mean",
-    "std": "model.std",
-    "strategy": "strategy.name",
-    "unfreeze": "strategy.unfreeze",
-    "warmup_epochs": "strategy.warmup_epochs",
-    "unfreeze_every": "strategy.unfreeze_every",
-    "layer_decay": "strategy.layer_decay",
-    "group_lr_scales": "strategy.group_lr_scales",
-    "backbone_lr_scale": "strategy.backbone_lr_scale",
-    "bn": "strategy.bn",
-    "l2sp": "strategy.l2sp",
-    "lr": "optim.lr",
-    "weight_decay": "optim.weight_decay",
-    "label_smoothing": "optim.label_smoothing",
-    "epochs": "engine.epochs",
-    "batch_size": "engine.batch_size",
-    "seed": "engine.seed",
-    "patience": "engine.patience",
-    "device": "engine.device",
-    "cache": "engine.cache",
-    "cache_dir": "engine.cache_dir",
-    "cache_views": "engine.cache_views",
-    "val_fraction": "data.val_fraction",
-    "split_seed": "data.split_seed",
-    "augment": "data.augment",
-    "workers": "data.workers",
-    "out": "out",
-}
+def _setting(default: Any, help: str, *, flag: str | None = "") -> Any:
+    """A config field that carries its own help text: the one place a setting is described.
+
+    ``flag`` is its flat name, a keyword of ``transferkit.train`` and a ``transferkit train`` option
+    ("" = the field's name); None keeps it out of both (set it in a config file or with ``--set``).
+    """
+    return field(default=default, metadata={"help": help, "flag": flag})
 
 
 @dataclass(frozen=True)
 class DataCfg:
-    """Where the images are and how they are split and augmented."""
+    """Where the images are and how they are split and augmented.
 
-    path: str = ""
-    val_fraction: float = 0.2  # used only when the folder has no train/val split of its own
-    split_seed: int = 0
-    augment: str = "light"  # none | light
-    workers: int = -1  # -1: choose from the number of cores
-    validate: bool = True  # decode every file once up front so bad files are skipped before training
+    The three data roles (transferkit.data.datasets.prepare_data): train fits, selection chooses the epoch,
+    test is only reported.
+    """
+
+    path: str = _setting("", "Image folder: class sub-folders, or train/ + val/ (+ test/).", flag=None)  # train's DATA
+    selection_fraction: float = _setting(
+        0.15, "Share carved for the selection split (chooses the epoch): of train/ when DATA has train/ val/ "
+              "(val/ is then the test split), of the folder when it has none.")
+    test_fraction: float = _setting(
+        0.15, "Test share when DATA is one folder of classes (reported, chooses nothing).")
+    split_seed: int = _setting(0, "Seed of the stratified train/selection/test split.")
+    augment: str = _setting("light", "Training augmentation: none | light.")
+    workers: int = _setting(-1, "Data loader workers (-1: from the number of cores).")
+    validate: bool = _setting(
+        True, "Decode every file once up front so bad files are skipped before training.", flag=None)
 
 
 @dataclass(frozen=True)
 class ModelCfg:
     """The backbone and the new head."""
 
-    backbone: str = "efficientnet_lite0"
-    weights: str | None = None  # local safetensors / state-dict file (offline weights for timm: names)
-    pretrained: bool = True
-    input_size: int | None = None  # override the spec's input resolution (e.g. 96 for tiny images)
-    head: str = "linear"  # linear | mlp
-    head_hidden: int = 512
-    dropout: float = 0.2
-    # how the linear head is fitted while the backbone is frozen: auto (converged probe on cached embeddings,
-    # else mini-batch SGD) | probe (also without the on-disk cache) | sgd (epochs of the optimizer, as before)
-    head_fit: str = "auto"
-    # normalisation the weights expect; None = the backbone's pretrained config (a --weights file of another
-    # training recipe may need other values)
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
+    backbone: str = _setting("efficientnet_lite0", "Backbone name (see `transferkit backbones`) or timm:NAME.")
+    weights: str | None = _setting(
+        None, "Local weights (.safetensors or state dict) for the backbone (offline weights for timm: names).")
+    pretrained: bool = _setting(True, "Start from the backbone's pretrained weights.", flag=None)
+    input_size: int | None = _setting(
+        None, "Override the backbone's input resolution (e.g. 96 for tiny images).")
+    head: str = _setting("linear", "Classifier head: linear | mlp.")
+    head_hidden: int = _setting(512, "Hidden units of the mlp head.", flag=None)
+    dropout: float = _setting(0.2, "Dropout before the head, in [0, 1).")
+    head_fit: str = _setting(
+        "auto", "Frozen-backbone linear head: auto (converged probe on cached embeddings, else mini-batch SGD) | "
+                "probe (also without the on-disk cache) | sgd (epochs of the optimizer).")
+    mean: tuple[float, float, float] | None = _setting(
+        None, "Normalisation mean, 3 comma-separated values (default: the backbone's pretrained config; a "
+              "--weights file of another training recipe may need other values).")
+    std: tuple[float, float, float] | None = _setting(
+        None, "Normalisation std, 3 comma-separated positive values (default: the backbone's).")
 
 
 @dataclass(frozen=True)
 class StrategyCfg:
     """Which parameters adapt, when, and how fast relative to the base learning rate."""
 
-    name: str = "feature-extraction"
-    backbone_lr_scale: float = 0.1  # finetune: backbone at 0.1 x the head's rate (1e-4 vs 1e-3)
-    unfreeze: int = 2  # partial: number of last layer groups that train
-    warmup_epochs: int = 2  # lp-ft: head-only epochs before everything unfreezes
-    unfreeze_every: int = 1  # gradual: one more layer group every M epochs
-    layer_decay: float | None = None  # group rate = decay ** (distance from the head)
-    group_lr_scales: tuple[float, ...] | None = None  # explicit multipliers, first group .. head
-    bn: str = "auto"  # auto | frozen | train
-    l2sp: float = 0.0  # strength of the L2-SP pull toward the pretrained weights
+    # the valid names live in the strategy registry (a layer above config): the CLI lists them from
+    # transferkit.strategy.plan.strategy_names()
+    name: str = _setting("feature-extraction", "How the pretrained backbone adapts (auto: the recommender chooses).",
+                         flag="strategy")
+    backbone_lr_scale: float = _setting(
+        0.1, "Backbone rate as a multiple of --lr when no --layer-decay/--group-lr-scales (finetune: 1e-4 vs 1e-3).")
+    unfreeze: int = _setting(2, "partial: number of last layer groups to train.")
+    warmup_epochs: int = _setting(2, "lp-ft: head-only epochs before everything unfreezes.")
+    unfreeze_every: int = _setting(1, "gradual: unfreeze one more layer group every M epochs.")
+    layer_decay: float | None = _setting(None, "Layer-wise lr decay: group lr = decay ** distance from the head.")
+    group_lr_scales: tuple[float, ...] | None = _setting(
+        None, "Explicit per-group lr multipliers, comma separated, stem first .. head last.")
+    bn: str = _setting("auto", "BatchNorm policy: auto | frozen | train.")
+    l2sp: float = _setting(0.0, "L2-SP strength: pull toward the pretrained weights.")
 
 
 @dataclass(frozen=True)
 class OptimCfg:
     """AdamW with linear warm-up and cosine decay."""
 
-    lr: float = 1e-3  # the head's learning rate; other groups get lr * lr_scale
-    weight_decay: float = 1e-4
-    lr_warmup_epochs: float = 1.0
-    min_lr_ratio: float = 0.01
-    label_smoothing: float = 0.1
-    grad_clip: float | None = 5.0
+    lr: float = _setting(1e-3, "Head learning rate; other groups get lr x their scale.")
+    weight_decay: float = _setting(1e-4, "AdamW weight decay.")
+    lr_warmup_epochs: float = _setting(1.0, "Linear learning-rate warm-up, in epochs.", flag=None)
+    min_lr_ratio: float = _setting(0.01, "The cosine decay ends at lr x this ratio.", flag=None)
+    label_smoothing: float = _setting(0.1, "Label smoothing of the cross-entropy loss.")
+    grad_clip: float | None = _setting(5.0, "Clip the gradient norm to this value (null: no clipping).", flag=None)
 
 
 @dataclass(frozen=True)
 class EngineCfg:
     """Loop settings."""
 
-    epochs: int = 10
-    batch_size: int = 32
-    patience: int = 0  # early stopping after this many epochs without improvement; 0 = off
-    monitor: str = "accuracy"
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # bf16 autocast on CUDA (ignored on the CPU)
-    channels_last: bool = True
-    compile: bool = False  # torch.compile the training forward (worth it on GPUs for long runs)
-    sync_bn: str = "auto"  # auto | true | false: under torchrun, SyncBatchNorm (auto: on CUDA whenever BatchNorm trains)
-    gpu_decode: bool = True  # on CUDA: decode JPEGs in batches on the GPU (transferkit.data.gpu)
-    cache: bool = True  # frozen backbone: embed each image once and train the head on cached features
-    cache_dir: str | None = None
-    cache_views: int = 0  # augmented views per image to cache in addition to the eval view
+    epochs: int = _setting(10, "Training epochs.")
+    batch_size: int = _setting(32, "Images per training step.")
+    patience: int = _setting(0, "Early stopping patience in epochs without improvement (0 = off).")
+    select: str = _setting(
+        "best", "best: keep the epoch the selection split scores highest | last: fixed budget, no selection split.")
+    monitor: str = _setting(
+        "accuracy", "Metric that chooses the epoch: accuracy | balanced_accuracy | macro_f1 | roc_auc.", flag=None)
+    seed: int = _setting(0, "Random seed of the run (initialisation, augmentation, batch order).")
+    device: str = _setting("auto", "auto | cpu | cuda | cuda:N")
+    amp: bool = _setting(True, "bf16 autocast on CUDA (ignored on the CPU).", flag=None)
+    channels_last: bool = _setting(True, "channels-last memory format for the model and batches.", flag=None)
+    compile: bool = _setting(
+        False, "torch.compile the training forward (worth it on GPUs for long runs).", flag=None)
+    sync_bn: str = _setting(
+        "auto", "auto | true | false: SyncBatchNorm under torchrun (auto: on CUDA whenever BatchNorm trains).",
+        flag=None)
+    gpu_decode: bool = _setting(
+        True, "On CUDA: decode JPEGs in batches on the GPU (transferkit.data.gpu).", flag=None)
+    cache: bool = _setting(
+        True, "Cache frozen-backbone embeddings: embed each image once and train the head on cached features.")
+    cache_dir: str | None = _setting(
+        None, "Embedding cache folder (default: $TRANSFERKIT_CACHE_DIR, else the user cache dir).")
+    cache_views: int = _setting(0, "Augmented views per image to cache in addition to the eval view.")
 
     def __post_init__(self) -> None:
         # sync_bn was a bool before it became auto|true|false: config.yaml of older runs still reads
@@ -165,7 +165,7 @@ class RunCfg:
     strategy: StrategyCfg = field(default_factory=StrategyCfg)
     optim: OptimCfg = field(default_factory=OptimCfg)
     engine: EngineCfg = field(default_factory=EngineCfg)
-    out: str | None = None
+    out: str | None = _setting(None, "Run folder (default runs/<timestamp>-<strategy>).")
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -174,7 +174,8 @@ class RunCfg:
 def _validate(cfg: RunCfg) -> None:
     s, o, e, m = cfg.strategy, cfg.optim, cfg.engine, cfg.model
     checks = [
-        (s.name in STRATEGY_NAMES, f"strategy.name {s.name!r} is not one of {', '.join(STRATEGY_NAMES)}"),
+        # strategy.name is not checked here: the names live in the strategy registry, a layer above config
+        # (transferkit.strategy.plan.check_strategy_name, called by the Trainer and make_plan)
         (s.bn in ("auto", "frozen", "train"), f"strategy.bn {s.bn!r} must be auto, frozen or train"),
         (m.head in ("linear", "mlp"), f"model.head {m.head!r} must be linear or mlp"),
         (0.0 <= m.dropout < 1.0, f"model.dropout {m.dropout} must be in [0, 1)"),
@@ -184,7 +185,17 @@ def _validate(cfg: RunCfg) -> None:
         (e.epochs >= 1, f"engine.epochs {e.epochs} must be at least 1"),
         (e.batch_size >= 1, f"engine.batch_size {e.batch_size} must be at least 1"),
         (o.lr > 0, f"optim.lr {o.lr} must be positive"),
-        (0.0 < cfg.data.val_fraction < 1.0, f"data.val_fraction {cfg.data.val_fraction} must be in (0, 1)"),
+        (0.0 < cfg.data.selection_fraction < 1.0,
+         f"data.selection_fraction {cfg.data.selection_fraction} must be in (0, 1)"),
+        (0.0 < cfg.data.test_fraction < 1.0, f"data.test_fraction {cfg.data.test_fraction} must be in (0, 1)"),
+        (cfg.data.selection_fraction + cfg.data.test_fraction < 1.0,
+         f"data.selection_fraction + data.test_fraction = {cfg.data.selection_fraction + cfg.data.test_fraction:g} "
+         "leaves nothing to train on; keep their sum below 1 (default 0.15 + 0.15)"),
+        (e.select in ("best", "last"), f"engine.select {e.select!r} must be best (the epoch the selection split "
+         "scores highest) or last (a fixed budget; no selection split)"),
+        (e.select == "best" or e.patience == 0,
+         f"engine.patience {e.patience} stops early on the selection split, but --select last has none; "
+         "drop --patience or use --select best"),
         (cfg.data.augment in ("none", "light"), f"data.augment {cfg.data.augment!r} must be none or light"),
         (s.unfreeze >= 0, f"strategy.unfreeze {s.unfreeze} must be >= 0"),
         (s.warmup_epochs >= 0, f"strategy.warmup_epochs {s.warmup_epochs} must be >= 0"),
@@ -256,7 +267,8 @@ def config_from_dict(raw: Mapping[str, Any]) -> RunCfg:
             kwargs["out"] = None if values is None else str(values)
             continue
         if section not in _SECTIONS:
-            raise ConfigError(f"unknown config section {section!r}; known: {', '.join(_SECTIONS)}, out")
+            raise ConfigError(f"unknown config section {section!r}{_did_you_mean(section, [*_SECTIONS, 'out'])}; "
+                              f"known: {', '.join(_SECTIONS)}, out")
         if values is None:
             continue
         if not isinstance(values, Mapping):
@@ -266,9 +278,8 @@ def config_from_dict(raw: Mapping[str, Any]) -> RunCfg:
         parsed = {}
         for key, value in values.items():
             if key not in fields:
-                raise ConfigError(
-                    f"unknown config key {section}.{key}; known keys in {section}: {', '.join(fields)}"
-                )
+                raise ConfigError(f"unknown config key {section}.{key}{_did_you_mean(key, fields)}; "
+                                  f"known keys in {section}: {', '.join(fields)}")
             parsed[key] = _coerce(value, fields[key].type, f"{section}.{key}")
         kwargs[section] = cls(**parsed)
     return RunCfg(**kwargs)
@@ -320,3 +331,73 @@ def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[s
         merged[section][key] = value
     return merged
 
+
+
+def _did_you_mean(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=2, cutoff=0.6)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
+@dataclass(frozen=True)
+class FlatSetting:
+    """One config field under its flat name: a keyword of ``transferkit.train`` and a ``transferkit train`` option."""
+
+    name: str  # flat name; the option is --name-with-dashes
+    key: str  # dotted config key, e.g. "engine.epochs"
+    value_type: type  # int | float | bool | str: the type of one flag value (tuples are given as "a,b,c" text)
+    default: Any  # the dataclass default (keyword and option default to None: "not given")
+    help: str
+
+
+def _flat_settings() -> dict[str, FlatSetting]:
+    """Every field whose metadata gives it a flat name, in RunCfg order (section by section, then out)."""
+    owners = [(f"{name}.", cls) for name, cls in _SECTIONS.items()] + [("", RunCfg)]
+    settings: dict[str, FlatSetting] = {}
+    for prefix, cls in owners:
+        for f in dataclasses.fields(cls):
+            flag = f.metadata.get("flag")
+            if flag is None:
+                continue  # a section of RunCfg, or a setting kept to config files and --set
+            base = str(f.type).replace(" | None", "")
+            value_type = {"int": int, "float": float, "bool": bool}.get(base, str)
+            name = flag or f.name
+            if name in settings:
+                raise AssertionError(f"two config fields share the flat name {name!r}")
+            settings[name] = FlatSetting(name, prefix + f.name, value_type, f.default, f.metadata["help"])
+    return settings
+
+
+FLAT_SETTINGS = _flat_settings()
+# Flat names -> dotted config keys (derived from the dataclass fields; kept for the modules that import it).
+FLAT_KEYS = {name: setting.key for name, setting in FLAT_SETTINGS.items()}
+
+
+def flat_overrides(keywords: Mapping[str, Any], caller: str = "transferkit.train") -> dict[str, Any]:
+    """Flat keyword arguments as dotted overrides ({"epochs": 3} -> {"engine.epochs": 3}).
+
+    Raises:
+        ConfigError: a name that is no flat setting, with the closest names and the way to set any config key.
+    """
+    for name in keywords:
+        if name in FLAT_KEYS:
+            continue
+        dotted = [f"{section}.{f.name}" for section, cls in _SECTIONS.items() for f in dataclasses.fields(cls)
+                  if f.name == name]
+        if dotted:  # a field without a flat name: reachable through overrides only
+            fix = f"pass overrides={{{dotted[0]!r}: ...}}"
+        else:
+            fix = f"use one of: {', '.join(sorted(FLAT_KEYS))} (or overrides={{'section.key': value}})"
+        raise ConfigError(f"{caller}() got an unknown keyword argument {name!r}{_did_you_mean(name, FLAT_KEYS)}; "
+                          f"{fix}")
+    return {FLAT_KEYS[name]: value for name, value in keywords.items()}
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, str]:
+    """``--set`` values ("section.key=value") as a dict of dotted key -> text (coerced by config_from_dict)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r} must look like section.key=value (e.g. --set optim.weight_decay=0.05)")
+        out[key.strip()] = value.strip()
+    return out

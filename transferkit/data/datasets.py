@@ -24,23 +24,45 @@ from transferkit.data.scan import Sample, scan_dataset, validate
 from transferkit.data.transforms import image_rng
 from transferkit.errors import DataError
 
-__all__ = ["DataSplits", "prepare_data", "stratified_split", "ImageDataset", "make_loader", "default_workers",
+__all__ = ["ROLES", "DataSplits", "prepare_data", "stratified_split", "ImageDataset", "make_loader", "default_workers",
            "CpuPlan", "cpu_plan", "available_cores", "torch_threads"]
 
 log = logging.getLogger(__name__)
 
 
+ROLES = {
+    "train": "fits the weights",
+    "selection": "chooses everything that is chosen (best epoch, early stopping, probe L2 strength)",
+    "test": "only reported; nothing is chosen on it",
+}
+
+
 @dataclass
 class DataSplits:
-    """The classes, the samples of each split, and every file that was skipped (with its reason)."""
+    """The classes, the samples of each data role, and every file that was skipped (with its reason).
+
+    Three roles (see ``ROLES``): ``train`` fits, ``selection`` chooses, ``test`` is only reported.
+    ``selection`` is empty under ``engine.select last`` (a fixed budget, nothing chosen).
+    ``sources`` says where each role's images came from (a folder, or a carve-out of one).
+    """
 
     root: str
-    layout: str  # "split" (train/val folders given) or "flat" (split here by seed)
+    layout: str  # "split" (train/val[/test] folders given) or "flat" (split here by seed)
     classes: list[str]
     train: list[Sample]
-    val: list[Sample]
+    selection: list[Sample]
     test: list[Sample] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def protocol(self) -> dict[str, Any]:
+        """Role, source and size of each split (recorded in split.json and summary.json)."""
+        sizes = {"train": len(self.train), "selection": len(self.selection), "test": len(self.test)}
+        record: dict[str, Any] = {name: {"role": ROLES[name], "source": self.sources.get(name, ""), "n": sizes[name]}
+                                  for name in ROLES}
+        if "unused" in self.sources:  # a given folder no role reads (val/ beside test/ under --select last)
+            record["unused"] = self.sources["unused"]
+        return record
 
     def split_record(self) -> dict[str, Any]:
         """Relative paths per split: written to split.json so a run's split is reproducible."""
@@ -53,14 +75,16 @@ class DataSplits:
             "root": str(root),
             "layout": self.layout,
             "classes": self.classes,
+            "protocol": self.protocol(),
             "train": rel(self.train),
-            "val": rel(self.val),
+            "selection": rel(self.selection),
             "test": rel(self.test),
         }
 
 
-def stratified_split(samples: Sequence[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """Per-class shuffled split; every class with >= 2 images keeps at least one in each part.
+def stratified_split(samples: Sequence[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Per-class shuffled split into (rest, held out ``fraction``); every class with >= 2 images keeps
+    at least one image on each side, a class with one image stays in ``rest``.
 
     Hand-written rather than sklearn's train_test_split because that one refuses classes with a
     single image instead of keeping them in train, and we want the order fully defined by the seed.
@@ -69,34 +93,81 @@ def stratified_split(samples: Sequence[Sample], val_fraction: float, seed: int) 
     for s in samples:
         by_class.setdefault(s.label, []).append(s)
     rng = random.Random(seed)
-    train, val = [], []
+    rest, held = [], []
     for label in sorted(by_class):
         items = sorted(by_class[label], key=lambda s: s.path)
         rng.shuffle(items)
-        n_val = int(round(len(items) * val_fraction))
-        n_val = min(max(n_val, 1), len(items) - 1) if len(items) >= 2 else 0
-        val.extend(items[:n_val])
-        train.extend(items[n_val:])
-    return sorted(train, key=lambda s: s.path), sorted(val, key=lambda s: s.path)
+        n_held = int(round(len(items) * fraction))
+        n_held = min(max(n_held, 1), len(items) - 1) if len(items) >= 2 else 0
+        held.extend(items[:n_held])
+        rest.extend(items[n_held:])
+    return sorted(rest, key=lambda s: s.path), sorted(held, key=lambda s: s.path)
 
 
-def prepare_data(cfg: DataCfg, draft_size: int | None = None) -> DataSplits:
-    """Scan, validate (decode each file once) and split the folder ``cfg.path``."""
+def prepare_data(cfg: DataCfg, draft_size: int | None = None, select: str = "best") -> DataSplits:
+    """Scan, validate (decode each file once) and assign the folder ``cfg.path`` to the three roles.
+
+    - ``train/ val/ test/``: used as named (val/ selects, test/ is reported).
+    - ``train/ val/``: the selection split is carved from train/ (stratified, ``cfg.selection_fraction``,
+      seeded by ``cfg.split_seed``) and val/ is reported as the test split.
+    - one folder of class sub-folders: stratified train / selection / test
+      (``1 - selection_fraction - test_fraction`` / ``selection_fraction`` / ``test_fraction``, 70/15/15).
+    - ``select="last"`` (a fixed budget, nothing chosen): no selection split; every image that is not
+      test trains (a given val/ beside a test/ is then not used).
+    """
     scans = scan_dataset(os.path.abspath(cfg.path))  # absolute paths: reports and predictions work from anywhere
     if cfg.validate:
         scans = {name: validate(scan, workers=max(1, os.cpu_count() or 1), draft_size=draft_size) for name, scan in scans.items()}
     skipped = [item for scan in scans.values() for item in scan.skipped]
+    choose = select != "last"
+    sel_pct, test_pct = f"{cfg.selection_fraction:.0%}", f"{cfg.test_fraction:.0%}"
+    carved = f"stratified, split seed {cfg.split_seed}"
     if "all" in scans:
         scan = scans["all"]
         _require_two_classes(scan.samples, scan.classes, cfg.path)
-        train, val = stratified_split(scan.samples, cfg.val_fraction, cfg.split_seed)
-        return DataSplits(str(cfg.path), "flat", scan.classes, train, val, [], skipped)
+        rest, test = stratified_split(scan.samples, cfg.test_fraction, cfg.split_seed)
+        sources = {"test": f"{test_pct} of the folder ({carved})"}
+        selection: list[Sample] = []
+        if choose:  # selection_fraction of the whole folder, taken from what the test split left
+            share = cfg.selection_fraction / (1.0 - cfg.test_fraction)
+            rest, selection = stratified_split(rest, share, cfg.split_seed + 1)
+            sources["selection"] = f"{sel_pct} of the folder ({carved}; disjoint from test)"
+        sources["train"] = "the rest of the folder"
+        return _checked(DataSplits(str(cfg.path), "flat", scan.classes, rest, selection, test, skipped, sources), choose)
     train_scan = scans["train"]
     _require_two_classes(train_scan.samples, train_scan.classes, str(Path(cfg.path) / "train"))
     if not scans["val"].samples:
         raise DataError(f"{cfg.path}: the validation folder has no readable images; add images to it or remove it")
-    test = scans["test"].samples if "test" in scans else []
-    return DataSplits(str(cfg.path), "split", train_scan.classes, train_scan.samples, scans["val"].samples, test, skipped)
+    val_dir = os.path.basename(scans["val"].root.rstrip(os.sep)) + "/"
+    if "test" in scans:
+        if not scans["test"].samples:
+            raise DataError(f"{cfg.path}: the test folder has no readable images; add images to it or remove it")
+        test, test_src = scans["test"].samples, "test/"
+        if choose:
+            train, selection = train_scan.samples, scans["val"].samples
+            sources = {"train": "train/", "selection": val_dir, "test": test_src}
+        else:
+            train, selection = train_scan.samples, []
+            sources = {"train": "train/", "test": test_src, "unused": f"{val_dir} (--select last chooses nothing)"}
+    else:
+        test = scans["val"].samples
+        sources = {"test": f"{val_dir} (reported as the test split)"}
+        if choose:
+            train, selection = stratified_split(train_scan.samples, cfg.selection_fraction, cfg.split_seed)
+            sources.update(train="the rest of train/", selection=f"{sel_pct} of train/ ({carved})")
+        else:
+            train, selection = train_scan.samples, []
+            sources["train"] = "train/"
+    return _checked(DataSplits(str(cfg.path), "split", train_scan.classes, train, selection, test, skipped, sources), choose)
+
+
+def _checked(data: DataSplits, choose: bool) -> DataSplits:
+    if choose and not data.selection:
+        raise DataError(
+            f"{data.root}: no class has the 2 images a selection split needs (one to train, one to choose "
+            "the epoch); add images, or pass --select last to train a fixed budget and choose nothing"
+        )
+    return data
 
 
 def _require_two_classes(samples: Sequence[Sample], classes: Sequence[str], where: str) -> None:

@@ -182,7 +182,7 @@ def verify_split(run_dir: str | Path, record: dict[str, Any]) -> None:
         )
     changed = sum(
         len({tuple(x) for x in saved.get(part, [])} ^ {tuple(x) for x in now.get(part, [])})
-        for part in ("train", "val", "test")
+        for part in ("train", "selection", "test")
     )
     if changed:
         raise DataError(

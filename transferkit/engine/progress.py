@@ -42,8 +42,10 @@ class Reporter:
     def header(self, trainer: Any, trainable: int, total: int) -> None:
         data = trainer.data
         self.say(
-            f"data: {len(data.classes)} classes, {len(data.train)} train / {len(data.val)} val"
-            + (f" / {len(data.test)} test" if data.test else "")
+            f"data: {len(data.classes)} classes; {len(data.train)} train ({data.sources.get('train', '')}) / "
+            + (f"{len(data.selection)} selection ({data.sources.get('selection', '')}) / " if data.selection
+               else "no selection split (--select last) / ")
+            + f"{len(data.test)} test ({data.sources.get('test', '')})"
             + (f", {len(data.skipped)} file(s) skipped (listed in skipped.json)" if data.skipped else "")
         )
         self.say(f"backbone: {trainer.spec.name} ({trainer.spec.input_size}px) on {trainer.device}"
@@ -66,18 +68,18 @@ class Reporter:
             yield lambda loss: progress.update(task, advance=1, loss=loss)
 
     def epoch_line(self, record: dict[str, Any], improved: bool) -> None:
-        acc = record.get("val_accuracy")
+        acc, nll = record.get("selection_accuracy"), record.get("selection_nll")
+        chosen = ("" if "selection_accuracy" not in record else
+                  f"selection acc {acc if acc is None else f'{acc:.4f}'}  selection loss {nll or float('nan'):.4f}  ")
         self.say(
             f"epoch {record['epoch']:>3}  train loss {record['train_loss']:.4f}  train acc {record['train_accuracy']:.3f}  "
-            f"val acc {acc if acc is None else f'{acc:.4f}'}  val loss {record.get('val_nll') or float('nan'):.4f}  "
-            f"{record['time_s']:.1f}s" + ("  *best" if improved else "")
+            f"{chosen}{record['time_s']:.1f}s" + ("  *best" if improved and chosen else "")
         )
 
     def summary(self, summary: dict[str, Any], run_dir: Path) -> None:
         data = summary.get("data") or {}
-        self.say(f"best epoch {summary['best_epoch']} ({summary['time_s']:.0f}s) -> {run_dir}")
-        self.say(f"val:  {metrics_line(summary['metrics'], summary.get('ci95'), data.get('n_val'))}"
-                 "  (the epoch was chosen on these images, so this figure is optimistic)")
-        if summary.get("test_metrics"):
-            self.say(f"test: {metrics_line(summary['test_metrics'], summary.get('test_ci95'), data.get('n_test'))}"
-                     "  (chose nothing)")
+        how = ("the last epoch (--select last)" if summary.get("select") == "last"
+               else "chosen on the selection split")
+        self.say(f"epoch {summary['selected_epoch']} kept, {how} ({summary['time_s']:.0f}s) -> {run_dir}")
+        self.say(f"test: {metrics_line(summary['metrics'], summary.get('ci95'), data.get('n_test'))}"
+                 "  (nothing was chosen on these images)")

@@ -40,7 +40,7 @@ from transferkit.strategy.optim import (
     lr_factor,
     set_learning_rates,
 )
-from transferkit.strategy.plan import Plan, make_plan
+from transferkit.strategy.plan import AUTO, Plan, check_strategy_name, make_plan, uses_pretrained
 
 __all__ = ["Trainer", "RunResult", "seed_everything", "default_run_dir"]
 
@@ -96,8 +96,9 @@ class Trainer:
     """Runs one configuration end to end. ``Trainer(cfg).fit()`` or ``Trainer.resume(run_dir).fit()``."""
 
     def __init__(self, cfg: RunCfg, run_dir: str | Path | None = None, quiet: bool = False) -> None:
-        if cfg.strategy.name == "auto":
+        if cfg.strategy.name == AUTO:
             raise ConfigError("strategy 'auto' must be resolved by the recommender before training (use transferkit.train)")
+        check_strategy_name(cfg.strategy.name)  # the strategy registry, before anything is loaded
         if not cfg.data.path:
             raise ConfigError("no data folder given; pass DATA (a folder of class sub-folders)")
         self.cfg = cfg
@@ -131,8 +132,8 @@ class Trainer:
         seed_everything(cfg.engine.seed)
         self.spec: BackboneSpec = resolve_spec(cfg.model.backbone, cfg.model.weights).with_input_size(
             cfg.model.input_size).with_normalization(cfg.model.mean, cfg.model.std)
-        self.data: DataSplits = prepare_data(cfg.data, draft_size=resize_size(self.spec))
-        scratch = cfg.strategy.name == "scratch"
+        self.data: DataSplits = prepare_data(cfg.data, draft_size=resize_size(self.spec), select=cfg.engine.select)
+        scratch = not uses_pretrained(cfg.strategy.name)  # random initialisation: no pretrained weights
         self.model: TransferModel = build_model(
             self.spec,
             len(self.data.classes),
@@ -252,18 +253,18 @@ class Trainer:
             train = train_one_epoch(model, loader, ctx, state.step, on_failed, advance)
         state.step += train["steps"]
         train = self._reduce_train_stats(train)
-        val = self._evaluate(self.data.val, cached=self._uses_cache(epoch))
+        chosen = self._score_selection(cached=self._uses_cache(epoch))
         record = {
             "epoch": epoch + 1,
             "train_loss": train["loss"],
             "train_accuracy": train["accuracy"],
-            **{f"val_{k}": v for k, v in val["metrics"].items()},
+            **{f"selection_{k}": v for k, v in chosen.items()},
             "lr": {g["layer_group"]: g["lr"] for g in self.optimizer.param_groups},
             "trainable_groups": self.plan.trainable_groups(epoch),
             "time_s": time.perf_counter() - tick,
         }
         state.epoch = epoch + 1
-        self._track_best(val["metrics"], epoch)
+        self._track_best(chosen, epoch)
         self.reporter.epoch_line(record, improved=state.best_epoch == epoch)
         if self.dist.main:  # only rank 0 writes the run folder
             append_jsonl(self.run_dir / "metrics.jsonl", record)
@@ -282,24 +283,24 @@ class Trainer:
         state, done = self.state, self.cached.frozen_epochs
         apply_plan(self.model, self.index, self.optimizer, self.plan, epoch, toggle_requires_grad=not self.dist.enabled)
         tick = time.perf_counter()
-        selection = self.data.val  # the split that chooses (epoch, L2 strength); a test split never does
+        selection = self.data.selection  # the split that chooses (epoch, L2 strength); a test split never does
         fit = self.cached.fit_probe(selection, self._selection_score)
         self.reporter.say(
             f"head: converged linear probe (L-BFGS logistic regression on {fit.train_rows} standardised cached rows, "
             f"l2 {fit.l2:.3g} chosen by log loss on the {fit.selected_on}) in place of {done - epoch} head-only epoch(s); "
             "engine.epochs, optim.lr, label smoothing and dropout do not apply to it")
-        val = self._evaluate(selection, cached=True)
+        chosen = self._score_selection(cached=True)
         state.step += self.steps_per_epoch * (done - epoch)
         state.head_fit = {"method": "probe", "replaces_epochs": done - epoch, **fit.record()}
         record = {"epoch": done, "train_loss": fit.train_loss, "train_accuracy": fit.train_accuracy,
-                  **{f"val_{k}": v for k, v in val["metrics"].items()},
+                  **{f"selection_{k}": v for k, v in chosen.items()},
                   # frozen groups at rate 0 as in an epoch's line; the head has no learning rate (a solver fitted it)
                   "lr": {g: (0.0 if scale == 0 else None) for g, scale in self.plan.at(epoch).items()},
                   "trainable_groups": self.plan.trainable_groups(epoch),
                   "head_fit": {k: v for k, v in state.head_fit.items() if k != "fit_s"},  # values repeat bit for bit; times do not
                   "time_s": time.perf_counter() - tick}
         state.epoch = done
-        self._track_best(val["metrics"], done - 1)
+        self._track_best(chosen, done - 1)
         self.reporter.epoch_line(record, improved=state.best_epoch == done - 1)
         if self.dist.main:
             append_jsonl(self.run_dir / "metrics.jsonl", record)
@@ -372,7 +373,17 @@ class Trainer:
         probs, labels = out["outputs"], out["labels"]
         return {"metrics": summary_metrics(labels, probs, len(self.data.classes)), "probs": probs, "labels": labels, "indices": out["indices"]}
 
+    def _score_selection(self, cached: bool) -> dict[str, Any]:
+        """The selection split's metrics after an epoch ({} under --select last: there is none).
+        The test split is never evaluated here: it is read once, by _finish."""
+        return self._evaluate(self.data.selection, cached=cached)["metrics"] if self.data.selection else {}
+
     def _track_best(self, metrics: dict[str, Any], epoch: int) -> None:
+        if self.cfg.engine.select == "last":  # a fixed budget: the latest epoch is the model
+            self.state.best_epoch, self.state.stale = epoch, 0
+            if self.dist.main:
+                save_model(self.run_dir, self.model, self.data.classes, self._head_meta())
+            return
         monitor = self.cfg.engine.monitor
         if monitor not in metrics:
             raise ConfigError(f"engine.monitor {monitor!r} is not a metric; use one of {', '.join(metrics)}")
@@ -424,36 +435,38 @@ class Trainer:
         best = load_run(self.run_dir, device=str(self.device))
         self.model.load_state_dict(best.model.state_dict())
         cached = self._uses_cache(self.state.epoch - 1)  # the backbone was never trained: embeddings still hold
-        val = self._evaluate(self.data.val, cached)
-        test = self._evaluate(self.data.test, cached) if self.data.test else None
-        details = detailed_metrics(val["labels"], val["probs"], self.data.classes)
+        # the test split is evaluated here, once, with the model already chosen; nothing below chooses
+        test = self._evaluate(self.data.test, cached)
+        details = detailed_metrics(test["labels"], test["probs"], self.data.classes)
+        selection = self._evaluate(self.data.selection, cached) if self.data.selection else None
         summary = {
             "backbone": self.spec.name,
             "strategy": self.plan.strategy,
-            "metrics": details["metrics"],
-            "metrics_split": "val",  # the split the epoch was chosen on: its figure is optimistic
+            "metrics": details["metrics"],  # the test split's: nothing was chosen on it
+            "metrics_split": "test",
             "ci95": details["ci95"],
+            "selection_metrics": selection["metrics"] if selection else None,
+            "select": self.cfg.engine.select,
+            "selected_epoch": self.state.best_epoch + 1,
+            "protocol": self.data.protocol(),
             "params": {"trainable": trainable, "total": total},
             "epochs_run": self.state.epoch,
-            "best_epoch": self.state.best_epoch + 1,
             "head_fit": self.state.head_fit or {"method": "sgd"},
             "time_s": round(time.perf_counter() - started, 2),
             "skipped_files": [{"path": p, "reason": r} for p, r in sorted(self.state.skipped.items())],
             "interrupted": interrupted,
             "data": {"root": self.data.root, "layout": self.data.layout, "classes": self.data.classes,
-                     "n_train": len(self.data.train), "n_val": len(self.data.val), "n_test": len(self.data.test)},
+                     "n_train": len(self.data.train), "n_selection": len(self.data.selection),
+                     "n_test": len(self.data.test)},
             "device": str(self.device),
             "world_size": self.dist.world_size,
         }
-        if test is not None:
-            test_details = detailed_metrics(test["labels"], test["probs"], self.data.classes)
-            summary["test_metrics"], summary["test_ci95"] = test_details["metrics"], test_details["ci95"]
         if not self.dist.main:  # every rank evaluated (a collective); rank 0 alone writes
             return RunResult(self.run_dir, summary)
-        write_json(self.run_dir / "val_metrics.json", details)
-        self._write_predictions("val", self.data.val, val)
-        if test is not None:
-            self._write_predictions("test", self.data.test, test)
+        write_json(self.run_dir / "test_metrics.json", details)
+        self._write_predictions("test", self.data.test, test)
+        if selection is not None:
+            self._write_predictions("selection", self.data.selection, selection)
         write_json(self.run_dir / "skipped.json", summary["skipped_files"])
         write_json(self.run_dir / "summary.json", summary)
         self._write_report()

@@ -189,15 +189,15 @@ class CachedHead:
 
     def fit_probe(self, selection: Sequence[Any], score: Score) -> ProbeFit:
         """Fit the converged linear probe on the training rows, choose its L2 strength on ``selection``
-        (the split that chooses; never a test split) with ``score(labels, probs)``, and load the folded
+        (the split that chooses; never a test split; empty under ``--select last``: then by k-fold
+        cross-validation on the training rows) with ``score(labels, probs)``, and load the folded
         weights into the head's Linear (its Dropout stays for later fine-tuning; it is inert in eval)."""
         linears = [m for m in self.model.head.modules() if isinstance(m, torch.nn.Linear)]
         if len(linears) != 1:
             raise ValueError(f"the probe fits a head with one Linear layer; this head has {len(linears)}")
         train_x, train_y = self._set(self.data.train).matrix()
-        sel = self._set(selection)
-        sel_x, sel_y = sel.matrix()
-        fit = fit_linear_probe(train_x, train_y, (sel_x, sel_y), n_classes=linears[0].out_features, score=score)
+        chooser = self._set(selection).matrix() if len(selection) else None
+        fit = fit_linear_probe(train_x, train_y, chooser, n_classes=linears[0].out_features, score=score)
         fit.load_into(linears[0])
         return fit
 
@@ -216,7 +216,7 @@ class CachedHead:
     def _prepare(self) -> None:
         """Embed every split in one pass per view (one worker pool, one shard), then split the rows."""
         d = self.data
-        eval_splits = [d.val] + ([d.test] if d.test else []) + ([d.train] if self.train_views == [None] else [])
+        eval_splits = [x for x in (d.selection, d.test) if x] + ([d.train] if self.train_views == [None] else [])
         for samples, fs in zip(eval_splits, self._build(eval_splits, [None])):
             self._sets[id(samples)] = fs
         if self.train_views != [None]:

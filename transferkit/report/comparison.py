@@ -1,4 +1,4 @@
-"""``comparison.html`` for ``transferkit compare``: the table, bar charts with error bars, and validation curves."""
+"""``comparison.html`` for ``transferkit compare``: the table, paired verdicts, bar charts with error bars, and selection-split curves."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def _table(out: Path, strategies: Mapping[str, Mapping[str, Any]]) -> str:
         rows.append([name, len(row.get("runs") or [])] + [_pm(*_mean_std(row, k)) for k, _ in METRICS]
                     + [_pm(*_mean_std(row, "epochs"), digits=1), _pm(*_mean_std(row, "time_s"), digits=0), share,
                        Raw(" ".join(links) or "–")])
-    return table(headers, rows, numeric=tuple(range(1, 9)), caption="Mean ± standard deviation over seeds (validation split).")
+    return table(headers, rows, numeric=tuple(range(1, 9)), caption="Mean ± standard deviation over seeds (test split; it chose nothing).")
 
 
 def _bars(strategies: Mapping[str, Mapping[str, Any]]) -> str:
@@ -95,7 +95,7 @@ def _bars(strategies: Mapping[str, Mapping[str, Any]]) -> str:
                 singles = [v for v in singles if v is not None]
                 ax.scatter([pos[j]] * len(singles), singles, s=10, color="#222222", zorder=3, linewidths=0)
         ax.set_xticks(x, [label for _, label in METRICS])
-        ax.set(ylim=(0, 1.05), ylabel="score (validation)", title="Metrics per strategy (bars: mean, whiskers: ±1 std, dots: seeds)")
+        ax.set(ylim=(0, 1.05), ylabel="score (test split)", title="Metrics per strategy (bars: mean, whiskers: ±1 std, dots: seeds)")
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
         return fig_to_uri(fig)
 
@@ -138,11 +138,11 @@ def _curve_panel(ax, out: Path, strategies: Mapping[str, Mapping[str, Any]], key
 def _curves_figure(out: Path, strategies: Mapping[str, Mapping[str, Any]]) -> str | None:
     with figure(ncols=2, width=5.2, height=3.8) as (fig, axes):
         acc, nll = axes[0]
-        if not _curve_panel(acc, out, strategies, "val_accuracy"):
+        if not _curve_panel(acc, out, strategies, "selection_accuracy"):
             return None
-        _curve_panel(nll, out, strategies, "val_nll")
-        acc.set(title="Validation accuracy per epoch", xlabel="epoch", ylabel="accuracy")
-        nll.set(title="Validation loss per epoch", xlabel="epoch", ylabel="NLL (nats)")
+        _curve_panel(nll, out, strategies, "selection_nll")
+        acc.set(title="Selection-split accuracy per epoch", xlabel="epoch", ylabel="accuracy")
+        nll.set(title="Selection-split loss per epoch", xlabel="epoch", ylabel="NLL (nats)")
         acc.legend(loc="lower right")
         for ax in axes[0]:
             ax.xaxis.get_major_locator().set_params(integer=True)
@@ -160,12 +160,13 @@ def _summary(comparison: Mapping[str, Any], strategies: Mapping[str, Mapping[str
     verdict = ""
     if ranked:
         best = ranked[0]
-        verdict = f"<p>Highest mean validation accuracy: <b>{esc(best[2])}</b> ({_pm(best[0], best[1])})."
-        if len(ranked) > 1:
-            second = ranked[1]
-            overlap = best[0] - (best[1] or 0) <= second[0] + (second[1] or 0)
-            verdict += (f" Its ±1 std range overlaps that of {esc(second[2])}, so the seeds do not separate the two."
-                        if overlap else f" It is ahead of {esc(second[2])} by more than one standard deviation.")
+        verdict = f"<p>Highest mean test accuracy: <b>{esc(best[2])}</b> ({_pm(best[0], best[1])})."
+        paired = (comparison.get("verdicts") or {}).get("strategies") or {}
+        for name, row in paired.items():
+            if "verdict" in row:
+                lo, hi = row["vs_best_ci95"]
+                verdict += (f" {esc(name)}: {row['vs_best']:+.3f} [{lo:+.3f}, {hi:+.3f}] against it (paired, same seeds "
+                            f"and test images): {esc(row['verdict'])}.")
         verdict += "</p>"
     return kv_table(pairs) + _table(out, strategies) + verdict
 
@@ -187,7 +188,7 @@ def build_comparison_report(out_dir: str | Path, comparison: Mapping[str, Any]) 
             guarded("summary", "Summary", lambda: _summary(comparison, strategies, out)),
             guarded("metrics", "Metrics", lambda: img(_bars(strategies), "metric bar chart",
                     "Bars start at zero. Where whiskers overlap, the difference is within seed-to-seed noise.")),
-            guarded("curves", "Validation curves", lambda: img(_curves_figure(out, strategies), "validation curves",
+            guarded("curves", "Selection-split curves", lambda: img(_curves_figure(out, strategies), "selection-split curves",
                     "Thick lines: mean over seeds; shaded: range over seeds; thin lines: single seeds.")),
             guarded("cost", "Cost", lambda: img(_cost_bars(strategies), "cost bar chart", "Mean ± std over seeds.")),
         ]

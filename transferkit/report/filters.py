@@ -12,6 +12,7 @@ from torch import nn
 from transferkit.errors import TransferKitError
 from transferkit.models.backbones import BackboneSpec, build_backbone
 from transferkit.report.style import fig_to_uri, figure
+from transferkit.strategy.plan import uses_pretrained
 
 __all__ = ["FirstLayer", "first_conv", "first_layer_filters", "filters_figure"]
 
@@ -59,7 +60,7 @@ def first_layer_filters(model: Any, spec: BackboneSpec, config: dict[str, Any] |
     name, layer = found
     tuned = layer.weight.detach().float().cpu().numpy()
     strategy = ((config or {}).get("strategy") or {}).get("name")
-    started_pretrained = ((config or {}).get("model") or {}).get("pretrained", True) and strategy != "scratch"
+    started_pretrained = ((config or {}).get("model") or {}).get("pretrained", True) and uses_pretrained(strategy)
     if not started_pretrained:
         return FirstLayer(name, tuned, None, "trained from random initialisation (no pretrained filters to compare)")
     try:

@@ -39,10 +39,10 @@ def _legend(ax, **kwargs) -> None:
 
 
 def learning_curves(rows: Sequence[Mapping[str, Any]], best_epoch: int | None = None) -> str:
-    """Loss (train vs validation NLL), metrics (train vs validation) and learning rates per epoch."""
+    """Loss (train vs selection-split NLL), metrics (train vs selection split) and learning rates per epoch."""
     with figure(ncols=3, width=4.6, height=3.5) as (fig, axes):
         loss_ax, metric_ax, lr_ax = axes[0]
-        for key, label, style in (("train_loss", "train loss (smoothed CE)", "-"), ("val_nll", "validation NLL", "-")):
+        for key, label, style in (("train_loss", "train loss (smoothed CE)", "-"), ("selection_nll", "selection NLL", "-")):
             x, y = _series(rows, key)
             loss_ax.plot(x, y, style, marker="o", markersize=4, label=label)
         loss_ax.set(title="Loss", xlabel="epoch", ylabel="cross-entropy (nats)")
@@ -50,9 +50,9 @@ def learning_curves(rows: Sequence[Mapping[str, Any]], best_epoch: int | None = 
         _legend(loss_ax)
         for key, label, style in (  # the validation metrics often coincide: line styles keep them apart
             ("train_accuracy", "train accuracy", "-"),
-            ("val_accuracy", "val accuracy", "-"),
-            ("val_balanced_accuracy", "val balanced accuracy", "--"),
-            ("val_macro_f1", "val macro F1", ":"),
+            ("selection_accuracy", "selection accuracy", "-"),
+            ("selection_balanced_accuracy", "selection balanced accuracy", "--"),
+            ("selection_macro_f1", "selection macro F1", ":"),
         ):
             x, y = _series(rows, key)
             if y:

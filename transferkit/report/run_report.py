@@ -104,29 +104,42 @@ def _summary_section(run_dir: Path, summary: Mapping[str, Any], spec: BackboneSp
         ("backbone", f"{summary.get('backbone', '–')}" + (f" — {spec.description} (input {spec.input_size} px)" if spec else "")),
         ("strategy", f"{summary.get('strategy', '–')} (BatchNorm {plan.get('bn', '–')})"),
         ("data", f"{data.get('root', '–')} ({data.get('layout', '?')} layout)"),
-        ("images", f"{data.get('n_train', '–')} train, {data.get('n_val', '–')} validation, {data.get('n_test', 0)} test"),
+        ("images", _roles_text(summary, data)),
         ("classes", ", ".join(data.get("classes") or ev.classes)),
         ("trainable parameters", fraction),
-        ("epochs", f"{summary.get('epochs_run', '–')} of {planned or '–'}, best epoch {summary.get('best_epoch', '–')}"
+        ("epochs", f"{summary.get('epochs_run', '–')} of {planned or '–'}, kept epoch {summary.get('selected_epoch', '–')}"
+                   + (" (the last: --select last)" if summary.get("select") == "last" else " (chosen on the selection split)")
                    + (" (interrupted)" if summary.get("interrupted") else "")),
         ("training time", f"{_duration(summary.get('time_s'))} on {summary.get('device', '?')}"),
         ("run folder", str(run_dir.resolve())),
     ]
     metrics = (details or {}).get("metrics") or summary.get("metrics") or {}
-    ece = {"validation": ((details or {}).get("calibration") or {}).get("ece")}
+    ece = {"test": ((details or {}).get("calibration") or {}).get("ece")}
     parts = [_headline(metrics, (details or {}).get("ci95") or summary.get("ci95")), kv_table(pairs),
-             _metrics_table([("validation", metrics), ("test", summary.get("test_metrics"))], ece),
+             _metrics_table([("test", metrics), ("selection (chose the epoch; optimistic)", summary.get("selection_metrics"))], ece),
              observations_html(observations(ev, rows))]
     if summary.get("interrupted"):
         parts.insert(0, note("This run was interrupted; the report shows the best epoch reached.", "warn"))
     return "".join(parts)
 
 
+def _roles_text(summary: Mapping[str, Any], data: Mapping[str, Any]) -> str:
+    """"N train (source), M selection (source), K test (source)" from the run's protocol record."""
+    protocol = summary.get("protocol") or {}
+    parts = []
+    for role in ("train", "selection", "test"):
+        entry = protocol.get(role) or {"n": data.get(f"n_{role}", "–"), "source": ""}
+        source = f" ({entry['source']})" if entry.get("source") else ""
+        parts.append(f"{entry.get('n', '–')} {role}{source}")
+    return ", ".join(parts)
+
+
 def _curves_section(rows: list[dict[str, Any]], best_epoch: Any, plan: Mapping[str, Any]) -> str:
     if not rows:
         return note("No learning curves: metrics.jsonl is missing or empty.")
     text = ("Training loss includes label smoothing and is measured on augmented images while the weights change, "
-            "so it is not directly comparable with the validation NLL. The dotted line marks the epoch whose weights were kept.")
+            "so it is not directly comparable with the selection split's NLL. The dotted line marks the epoch whose "
+            "weights were kept. The test split is not shown per epoch: it is scored once, after the choice.")
     parts = [img(plots.learning_curves(rows, best_epoch if isinstance(best_epoch, int) else None), "learning curves", text)]
     chart = plots.plan_chart(plan)
     if chart:
@@ -164,12 +177,12 @@ def build_run_report(run_dir: str | Path, model: Any = None) -> Path:
     """Write ``report.html`` into a finished run folder and return its path.
 
     Args:
-        run_dir: the run folder (summary.json, metrics.jsonl, val_metrics.json, val_predictions.json ...).
+        run_dir: the run folder (summary.json, metrics.jsonl, test_metrics.json, test_predictions.json ...).
         model: the trained model already in memory (the trainer passes it); loaded from the folder if None.
     """
     run = Path(run_dir)
     summary = _read_json(run / "summary.json", {}) or {}
-    details = _read_json(run / "val_metrics.json")
+    details = _read_json(run / "test_metrics.json")
     config = {}
     try:
         config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
@@ -179,18 +192,19 @@ def build_run_report(run_dir: str | Path, model: Any = None) -> Path:
     rows = _read_jsonl(run / "metrics.jsonl")
     classes = _read_json(run / "classes.json") or (details or {}).get("classes") or []
     model, spec, why = _model_and_spec(run, model)
-    ev = Evidence(classes, details, _read_json(run / "val_predictions.json", []) or [],
+    ev = Evidence(classes, details, _read_json(run / "test_predictions.json", []) or [],
                   _read_json(run / "skipped.json", summary.get("skipped_files", [])) or [], model, spec, why)
     sections = [
         guarded("summary", "Summary", lambda: _summary_section(run, summary, spec, details, plan, config, ev, rows)),
-        guarded("curves", "Learning curves", lambda: _curves_section(rows, summary.get("best_epoch"), plan)),
+        guarded("curves", "Learning curves", lambda: _curves_section(rows, summary.get("selected_epoch"), plan)),
         *_metric_sections(ev),
         guarded("filters", "What the network learned", lambda: _filters_section(model, spec, config)),
         guarded("skipped", "Skipped files", lambda: skipped_section(ev.skipped)),
         guarded("config", "Configuration", lambda: _config_section(run)),
     ]
     title = f"{summary.get('backbone', 'model')} · {summary.get('strategy', 'run')} · {Path(str((summary.get('data') or {}).get('root', run.name))).name}"
-    subtitle = "Validation results of the kept (best) epoch. Everything on this page is computed on the validation split."
+    subtitle = ("Test-split results of the kept epoch. Everything on this page but the learning curves is computed on the "
+                "test split, which chose nothing (the epoch was chosen on the selection split).")
     target = run / REPORT_FILE
     write_text(target, page(title, subtitle, sections, footer_text()))
     return target

@@ -199,12 +199,12 @@ def observations(ev: Evidence, rows: Sequence[Mapping[str, Any]] = ()) -> list[s
             out.append(f"Probabilities are poorly calibrated (ECE {ece:.2f}); read them as rankings, not as frequencies.")
     if rows:
         last = rows[-1]
-        gap = (last.get("train_accuracy") or 0) - (last.get("val_accuracy") or 0)
-        if gap > 0.1:
-            out.append(f"Training accuracy exceeds validation accuracy by {gap:.2f} in the last epoch: the model may be overfitting.")
-        nll = [r.get("val_nll") for r in rows if r.get("val_nll") is not None]
+        gap = (last.get("train_accuracy") or 0) - (last.get("selection_accuracy") or 0)
+        if "selection_accuracy" in last and gap > 0.1:
+            out.append(f"Training accuracy exceeds selection-split accuracy by {gap:.2f} in the last epoch: the model may be overfitting.")
+        nll = [r.get("selection_nll") for r in rows if r.get("selection_nll") is not None]
         if len(nll) >= 3 and nll[-1] > min(nll) * 1.1:
-            out.append("Validation loss rose after its minimum: later epochs made the model more confidently wrong.")
+            out.append("Selection-split loss rose after its minimum: later epochs made the model more confidently wrong.")
     return out
 
 

@@ -41,7 +41,7 @@ from transferkit.data.datasets import ImageDataset, make_loader, prepare_data
 from transferkit.data.transforms import eval_transform, resize_size
 from transferkit.models.backbones import build_backbone, resolve_spec
 from transferkit.models.transfer import BN_TYPES
-from transferkit.strategy.plan import make_plan
+from transferkit.strategy.plan import get_strategy, make_plan
 
 __all__ = ["Recommendation", "recommend", "resolve_auto", "bn_shift", "FAR_DOMAIN_SHIFT"]
 
@@ -66,6 +66,9 @@ class Recommendation:
     settings: dict[str, Any]  # flat keys for transferkit.train (lr, epochs, unfreeze, layer_decay ...)
     reasons: list[str]
     measurements: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        get_strategy(self.strategy)  # the decision table may only choose registered strategies (plan.STRATEGIES)
 
     def overrides(self) -> dict[str, Any]:
         """The recommendation as dotted config keys, ``strategy.name`` included."""

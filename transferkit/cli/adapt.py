@@ -7,6 +7,8 @@ from typing import Any, List, Optional
 
 import typer
 
+from transferkit.cli.common import guarded, parse_sets
+
 __all__ = ["register"]
 
 
@@ -43,12 +45,10 @@ def adapt(
     quiet: bool = typer.Option(False, "--quiet", help="No progress; print only the final table (stdout)."),
 ) -> None:
     """Domain adaptation (DANN, Deep CORAL, AdaBN) with the source-only baseline reported next to it."""
-    from transferkit.cli import _parse_sets, _run
-
     def go() -> dict[str, Any]:
         from transferkit.adapt import adapt as run_adapt
 
-        sets = _parse_sets(set_)
+        sets = parse_sets(set_)
         options = {k.partition(".")[2]: v for k, v in sets.items() if k.startswith("adapt.")}
         shared = {k: v for k, v in sets.items() if not k.startswith("adapt.")}
         flags = dict(lambda_max=lambda_max, disc_lr_scale=disc_lr_scale, coral_weight=coral_weight, warm_start=warm_start,
@@ -61,7 +61,7 @@ def adapt(
                          overrides=shared, adapt_options=options, baseline_from=baseline_from, quiet=quiet,
                          **{k: v for k, v in kwargs.items() if v is not None}).summary
 
-    summary = _run(go)
+    summary = guarded(go)
     if quiet:  # otherwise the run already printed the table (on stderr, with its progress)
         from transferkit.adapt.results import format_summary
 

@@ -1,12 +1,14 @@
-"""`transferkit report` (rebuild a run's or a comparison's HTML report) and `transferkit explain` (Grad-CAM)."""
+"""``transferkit report RUN``: rebuild the HTML report of a run folder or a comparison folder."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
 
 import typer
+
+from transferkit.cli.common import guarded
+from transferkit.errors import ConfigError
 
 __all__ = ["register"]
 
@@ -15,8 +17,6 @@ def report(
     run: Path = typer.Argument(..., help="A run folder (or a comparison folder holding comparison.json)."),
 ) -> None:
     """Rebuild report.html of a run folder (comparison.html of a comparison folder)."""
-    from transferkit.cli import _run
-    from transferkit.errors import ConfigError
 
     def go() -> Path:
         from transferkit import report as reports
@@ -31,25 +31,8 @@ def report(
             )
         return reports.build_run_report(run)
 
-    typer.echo(f"written: {_run(go)}")
-
-
-def explain(
-    run: Path = typer.Argument(..., help="A run folder."),
-    images: List[Path] = typer.Argument(..., help="Image files or folders."),
-    out: Path = typer.Option(..., "--out", help="Folder for the overlays (created)."),
-    target: Optional[str] = typer.Option(None, help="Class to explain (default: each image's predicted class)."),
-) -> None:
-    """Write Grad-CAM overlays (where the model looks) for chosen images."""
-    from transferkit.cli import _run
-    from transferkit.report import explain as run_explain
-
-    written = _run(lambda: run_explain(run, images, out, target))
-    for path in written:
-        typer.echo(str(path))
-    typer.echo(f"{len(written)} overlay(s) written to {out}")
+    typer.echo(f"written: {guarded(go)}")
 
 
 def register(app: typer.Typer) -> None:
     app.command()(report)
-    app.command()(explain)
