@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 import transferkit as tk
-import transferkit.api as api
-import transferkit.strategy.recommend as recommend_module
+import transferkit.workflow as workflow
+import transferkit.recommend as recommend_module
 from transferkit.cli import app
 from transferkit.engine.trainer import RunResult
 
@@ -25,14 +25,14 @@ def resolved(monkeypatch: pytest.MonkeyPatch) -> list:
     seen: list = []
 
     class CapturingTrainer:
-        def __init__(self, cfg, run_dir=None, quiet=False) -> None:
+        def __init__(self, cfg, run_dir=None, quiet=False, after_fit=()) -> None:
             seen.append(cfg)
 
         def fit(self) -> RunResult:
             return RunResult(Path("unused"), {"strategy": seen[-1].strategy.name})
 
     monkeypatch.setattr(recommend_module, "measure", lambda *args, **kwargs: dict(FAR))
-    monkeypatch.setattr(api, "Trainer", CapturingTrainer)
+    monkeypatch.setattr(workflow, "Trainer", CapturingTrainer)
     return seen
 
 

@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 import transferkit as tk
-import transferkit.api as api
+import transferkit.workflow as workflow
 import transferkit.engine.trainer as trainer_module
 import transferkit.report as report
 from conftest import TINY, make_image_folder
@@ -70,7 +70,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def test_predict_and_evaluate_oom_through_api_and_cli(tiny_run: tuple[Path, Path], monkeypatch) -> None:
     run, data = tiny_run
-    monkeypatch.setattr(api, "predict_loader", _raise(torch.cuda.OutOfMemoryError(CUDA_OOM)))
+    monkeypatch.setattr(workflow, "predict_loader", _raise(torch.cuda.OutOfMemoryError(CUDA_OOM)))
     with pytest.raises(OutOfMemory, match="prediction with batch size 64; try --batch-size 32"):
         tk.predict(run, [data])
     with pytest.raises(OutOfMemory, match="evaluation with batch size 16; try --batch-size 8"):

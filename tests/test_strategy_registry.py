@@ -33,7 +33,7 @@ from transferkit.strategy.plan import (
     strategy_names,
     uses_pretrained,
 )
-from transferkit.strategy.recommend import Recommendation, decide
+from transferkit.recommend import Recommendation, decide
 
 from conftest import TINY
 

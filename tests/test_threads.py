@@ -76,7 +76,8 @@ def test_trainer_uses_the_policy_and_its_header_shows_it(fresh_torch, monkeypatc
     trainer = Trainer(cfg, run_dir=tmp_path / "run", quiet=True)  # set-up only: nothing is read or trained
     assert (trainer.cpu.threads, trainer.cpu.workers) == (1, 1)
     out = io.StringIO()
-    data = SimpleNamespace(classes=["a", "b"], train=[1] * 8, val=[1] * 2, test=[], skipped=[])
+    data = SimpleNamespace(classes=["a", "b"], train=[1] * 8, selection=[1] * 2, test=[1] * 2, skipped=[],
+                           sources={"train": "train/", "selection": "val/", "test": "test/"})
     view = SimpleNamespace(data=data, spec=SimpleNamespace(name="efficientnet_lite0", input_size=32),
                            device=trainer.device, plan=SimpleNamespace(describe=lambda: "plan"),
                            run_dir=trainer.run_dir, cpu=trainer.cpu, sync_bn=False)

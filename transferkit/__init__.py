@@ -22,7 +22,7 @@ from transferkit.errors import (
     UnknownNameError,
 )
 
-__version__ = "0.1.0"
+from transferkit._version import __version__  # noqa: E402  (re-exported)
 
 # The API loads torch and timm (seconds). Importing the package, and so `transferkit --help`, must not:
 # each name is imported from its module on first use (PEP 562), and `tk.train` / `from transferkit
@@ -30,7 +30,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "train": "transferkit.api", "evaluate": "transferkit.api", "predict": "transferkit.api",
     "load_run": "transferkit.api", "resume": "transferkit.api", "build_config": "transferkit.api",
-    "recommend": "transferkit.strategy.recommend",
+    "recommend": "transferkit.recommend",
 }
 
 

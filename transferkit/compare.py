@@ -70,7 +70,7 @@ def compare(
         raise ConfigError(f"--seeds {seeds} must be at least 1")
     if not strategies:
         raise ConfigError("--strategies is empty; name at least one, e.g. feature-extraction,finetune")
-    from transferkit.api import train  # torch and timm load here, not when the package is imported
+    from transferkit.workflow import train  # torch and timm load here, not when the package is imported
 
     root = Path(out or Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-compare")
     result: dict[str, Any] = {"data": str(data), "seeds": seeds, "settings": dict(common), "strategies": {}}

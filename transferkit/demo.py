@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from transferkit.api import train
 from transferkit.fileio import write_json
 
 __all__ = ["write_digits", "run_demo", "differing_settings"]

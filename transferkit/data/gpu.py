@@ -43,7 +43,7 @@ from transferkit.data.decode import load_rgb
 from transferkit.data.scan import Sample
 from transferkit.data.transforms import eval_ops, image_rng, resize_size, train_ops
 from transferkit.errors import DataError
-from transferkit.models.backbones import BackboneSpec
+from transferkit.spec import BackboneSpec
 
 __all__ = ["EncodedDataset", "collate_encoded", "GpuPreprocessor", "colour_jitter", "draft_scale", "draft_downscale",
            "exif_orient"]

@@ -37,6 +37,7 @@ __all__ = [
     "Sample",
     "ScanResult",
     "detect_layout",
+    "list_image_files",
     "scan_class_folder",
     "scan_dataset",
     "validate",
@@ -174,6 +175,26 @@ class _Walker:
                     yield path
                 else:
                     self.skipped.append((path, reason))
+
+
+def list_image_files(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
+    """The image files named by ``paths`` (files and folders), for predict and explain.
+
+    Folders are walked with the scan's own rules (sorted, recursive, symlink loops not followed, hidden and
+    system names and non-image extensions are not candidates), so every command agrees on what counts as an
+    image in a folder. A file named explicitly is always kept: if it is not a readable image, the decoder
+    says why in that file's row.
+    """
+    files: list[str] = []
+    for item in paths:
+        path = os.fspath(item)
+        if not os.path.isdir(path):
+            files.append(path)
+            continue
+        walker = _Walker([], path, [])
+        walker.usable = {path}  # the folder itself is the one top to walk
+        files.extend(walker.files(path))
+    return files
 
 
 def _check_root(root: str) -> None:

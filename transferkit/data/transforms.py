@@ -22,7 +22,7 @@ from torchvision.transforms import v2 as T
 from torchvision.transforms import InterpolationMode
 import torch
 
-from transferkit.models.backbones import BackboneSpec
+from transferkit.spec import BackboneSpec
 
 __all__ = [
     "eval_transform",

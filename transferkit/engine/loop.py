@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+# device choice, autocast and batched inference live in models.runtime (the features layer uses them too);
+# re-exported here because the loops and their callers read them as part of the engine's vocabulary
+from transferkit.models.runtime import autocast_for, pick_device, predict_loader, to_device
+
 __all__ = ["StepContext", "optimizer_step", "train_one_epoch", "predict_loader", "autocast_for", "pick_device"]
-
-
-def pick_device(requested: str = "auto") -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
-
-
-def autocast_for(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (no GradScaler needed for bf16); nothing on the CPU."""
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @dataclass
@@ -56,13 +45,6 @@ def optimizer_step(ctx: StepContext, loss: torch.Tensor, step: int) -> None:
     ctx.optimizer.zero_grad(set_to_none=True)
 
 
-def _to_device(batch: dict[str, Any], ctx_device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    images = batch["images"].to(ctx_device, non_blocking=True)
-    if channels_last and images.ndim == 4:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images, batch["labels"].to(ctx_device, non_blocking=True)
-
-
 def train_one_epoch(
     model: nn.Module,
     batches: Iterable[dict[str, Any]],
@@ -79,7 +61,7 @@ def train_one_epoch(
             on_failed(batch["failed"])
         if batch["images"] is None:
             continue
-        images, labels = _to_device(batch, ctx.device, ctx.channels_last)
+        images, labels = to_device(batch, ctx.device, ctx.channels_last)
         with autocast_for(ctx.device, ctx.amp):
             logits = model(images)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=ctx.label_smoothing)
@@ -94,36 +76,3 @@ def train_one_epoch(
         if on_batch is not None:
             on_batch(float(loss.detach()))
     return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1), "steps": step - start_step, "seen": seen}
-
-
-@torch.inference_mode()
-def predict_loader(
-    model: nn.Module,
-    batches: Iterable[dict[str, Any]],
-    device: torch.device,
-    amp: bool = False,
-    channels_last: bool = False,
-    on_failed: Callable[[list[tuple[int, str]]], None] | None = None,
-    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> dict[str, np.ndarray]:
-    """Outputs of ``forward`` (default: softmax probabilities) for every readable item, in loader order."""
-    model.eval()
-    outputs, labels, indices = [], [], []
-    for batch in batches:
-        if batch["failed"] and on_failed is not None:
-            on_failed(batch["failed"])
-        if batch["images"] is None:
-            continue
-        images, y = _to_device(batch, device, channels_last)
-        with autocast_for(device, amp):
-            out = forward(images) if forward is not None else model(images).float().softmax(dim=1)
-        outputs.append(out.float().cpu())
-        labels.append(y.cpu())
-        indices.append(batch["indices"])
-    if not outputs:
-        return {"outputs": np.zeros((0, 0), np.float32), "labels": np.zeros(0, np.int64), "indices": np.zeros(0, np.int64)}
-    return {
-        "outputs": torch.cat(outputs).numpy(),
-        "labels": torch.cat(labels).numpy(),
-        "indices": torch.cat(indices).numpy(),
-    }

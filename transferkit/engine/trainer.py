@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -95,7 +95,10 @@ class _State:
 class Trainer:
     """Runs one configuration end to end. ``Trainer(cfg).fit()`` or ``Trainer.resume(run_dir).fit()``."""
 
-    def __init__(self, cfg: RunCfg, run_dir: str | Path | None = None, quiet: bool = False) -> None:
+    def __init__(self, cfg: RunCfg, run_dir: str | Path | None = None, quiet: bool = False,
+                 after_fit: Sequence[Callable[[Path, torch.nn.Module], None]] = ()) -> None:
+        """``after_fit``: called on the main process with (run folder, selected model) once summary.json is
+        written; transferkit.workflow passes the report writer (the engine never imports the report stack)."""
         if cfg.strategy.name == AUTO:
             raise ConfigError("strategy 'auto' must be resolved by the recommender before training (use transferkit.train)")
         check_strategy_name(cfg.strategy.name)  # the strategy registry, before anything is loaded
@@ -113,15 +116,17 @@ class Trainer:
         self.local_batch = cfg.engine.batch_size // self.dist.world_size
         self.state = _State()
         self._resuming = False
+        self.after_fit = tuple(after_fit)
 
     @classmethod
-    def resume(cls, run_dir: str | Path, quiet: bool = False) -> "Trainer":
+    def resume(cls, run_dir: str | Path, quiet: bool = False,
+               after_fit: Sequence[Callable[[Path, torch.nn.Module], None]] = ()) -> "Trainer":
         run = Path(run_dir)
         cfg_path = run / "config.yaml"
         if not cfg_path.is_file():
             raise ConfigError(f"{run} is not a run folder (no config.yaml); pass the --out folder of an earlier run")
         cfg = config_from_dict(yaml.safe_load(cfg_path.read_text(encoding="utf-8")))
-        trainer = cls(cfg, run_dir=run, quiet=quiet)
+        trainer = cls(cfg, run_dir=run, quiet=quiet, after_fit=after_fit)
         trainer._resuming = True
         return trainer
 
@@ -469,14 +474,10 @@ class Trainer:
             self._write_predictions("selection", self.data.selection, selection)
         write_json(self.run_dir / "skipped.json", summary["skipped_files"])
         write_json(self.run_dir / "summary.json", summary)
-        self._write_report()
+        for hook in self.after_fit:
+            hook(self.run_dir, self.model)
         self.reporter.summary(summary, self.run_dir)
         return RunResult(self.run_dir, summary)
-
-    def _write_report(self) -> None:
-        from transferkit.report import build_run_report
-
-        build_run_report(self.run_dir, model=self.model)
 
     def _write_predictions(self, split: str, samples, result: dict[str, Any]) -> None:
         """Per-image probabilities of the final model (the report's galleries and calibration use them)."""

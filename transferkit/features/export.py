@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from transferkit.data.scan import scan_dataset
-from transferkit.engine.loop import pick_device
+from transferkit.models.runtime import pick_device
 from transferkit.errors import ConfigError
 from transferkit.features.cache import FeatureCache
 from transferkit.fileio import atomic_write

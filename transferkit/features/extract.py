@@ -26,7 +26,7 @@ from torchvision.transforms import v2 as T
 
 from transferkit.data.datasets import cpu_plan, torch_threads
 from transferkit.data.decode import load_rgb
-from transferkit.engine.loop import autocast_for
+from transferkit.models.runtime import autocast_for
 from transferkit.errors import DataError
 from transferkit.features.fuse import fold_batchnorm
 from transferkit.features.keys import file_digest

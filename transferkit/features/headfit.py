@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from transferkit.config import RunCfg
-from transferkit.engine.loop import predict_loader
+from transferkit.models.runtime import predict_loader
 from transferkit.features.cache import FeatureCache, ViewRows
 from transferkit.features.extract import torch_threads
 from transferkit.features.probe import ProbeFit, Score, fit_linear_probe, probe_fits_in_memory

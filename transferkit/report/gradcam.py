@@ -193,13 +193,13 @@ def write_explanations(items: Sequence[Explanation], classes: Sequence[str], out
 
 def explain_run(run: Any, images: Sequence[str | os.PathLike], out_dir: str | Path, target: str | None = None) -> list[Path]:
     """Load a run (folder or LoadedRun), explain ``images`` (files or folders), write one PNG per image."""
-    from transferkit.api import _expand  # the same file/folder expansion as `predict`
+    from transferkit.data.scan import list_image_files  # the same file/folder expansion as `predict`
     from transferkit.export.runfiles import LoadedRun, load_run
 
     loaded = run if isinstance(run, LoadedRun) else load_run(run)
     if target is not None and target not in loaded.classes:
         raise ConfigError(f"--target {target!r} is not a class of the model; use one of {', '.join(loaded.classes)}")
-    files = _expand(images)
+    files = list_image_files(images)
     if not files:
         raise DataError(f"no image files found in {', '.join(map(str, images))}; pass image files or folders of images")
     wanted = None if target is None else [loaded.classes.index(target)] * len(files)

@@ -117,7 +117,7 @@ footer { color:var(--muted); font-size:12px; padding:0 32px 24px; }
 def footer_text() -> str:
     from datetime import datetime
 
-    from transferkit import __version__
+    from transferkit._version import __version__
 
     return f"transferkit {__version__} · written {datetime.now().strftime('%Y-%m-%d %H:%M')}"
 

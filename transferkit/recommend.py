@@ -39,6 +39,7 @@ from transferkit.config import (
 )
 from transferkit.data.datasets import ImageDataset, make_loader, prepare_data
 from transferkit.data.transforms import eval_transform, resize_size
+from transferkit.features.probe import fit_linear_probe
 from transferkit.models.backbones import build_backbone, resolve_spec
 from transferkit.models.transfer import BN_TYPES
 from transferkit.strategy.plan import get_strategy, make_plan
@@ -153,7 +154,6 @@ def _probe_accuracy(features: torch.Tensor, labels: torch.Tensor) -> tuple[float
     the L2 strength is chosen by stratified k-fold on it, and the score is the out-of-fold accuracy of the
     chosen strength. Classes with fewer than 2 probe images leave too little to cross-validate: NaN.
     """
-    from transferkit.features.probe import fit_linear_probe
 
     y = labels.numpy()
     counts = np.bincount(y)

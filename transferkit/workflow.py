@@ -1,0 +1,226 @@
+"""What the API does: build a config from keywords, train (recommender, trainer, report), resume,
+evaluate and predict. ``transferkit.api`` is the facade over these; ``compare`` and ``demo`` build on them.
+
+Layer: above report and the engine (it wires them: the report is an after-fit hook, so the engine never
+imports the report stack), below compare/demo, api and the CLI.
+
+>>> import transferkit as tk
+>>> result = tk.train("data/hymenoptera", strategy="feature-extraction", epochs=5, out="runs/ants")
+>>> tk.evaluate("runs/ants", "data/hymenoptera/val")["metrics"]["accuracy"]
+>>> tk.predict("runs/ants", ["photo.jpg"], top_k=2)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from transferkit.config import FLAT_KEYS, RunCfg, apply_overrides, config_from_dict, flat_overrides, load_config
+from transferkit.data.datasets import ImageDataset, make_loader
+from transferkit.data.scan import (
+    Sample,
+    ScanResult,
+    detect_layout,
+    list_image_files,
+    scan_class_folder,
+    scan_dataset,
+    validate,
+)
+from transferkit.data.transforms import eval_transform, resize_size
+from transferkit.models.runtime import pick_device, predict_loader
+from transferkit.engine.oom import oom_guard
+from transferkit.engine.trainer import RunResult, Trainer
+from transferkit.errors import DataError
+from transferkit.export.runfiles import LoadedRun, load_run
+from transferkit.fileio import write_json
+from transferkit.metrics.classification import detailed_metrics
+
+__all__ = ["train", "resume", "evaluate", "predict", "load_run", "build_config", "explicit_keys", "write_run_report", "FLAT_KEYS"]
+
+def build_config(
+    data: str | os.PathLike | None = None,
+    config: str | os.PathLike | Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> RunCfg:
+    """Config file (or dict) < dotted ``overrides`` < keyword arguments (FLAT_KEYS names)."""
+    raw, dotted = _config_sources(data, config, overrides, kwargs)
+    return config_from_dict(apply_overrides(raw, dotted))
+
+
+def _config_sources(
+    data: str | os.PathLike | None,
+    config: str | os.PathLike | Mapping[str, Any] | None,
+    overrides: Mapping[str, Any] | None,
+    kwargs: Mapping[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(nested values of the config file or dict, dotted values of overrides and keywords).
+
+    Keywords are checked first, before any file is read: a misspelt name fails with "did you mean".
+    """
+    keywords = flat_overrides(kwargs)
+    raw: dict[str, Any] = {}
+    if config is not None:
+        raw = dict(config) if isinstance(config, Mapping) else load_config(config)
+    dotted: dict[str, Any] = {**(overrides or {}), **keywords}
+    if data is not None:
+        dotted["data.path"] = str(data)
+    return raw, dotted
+
+
+def explicit_keys(raw: Mapping[str, Any], dotted: Mapping[str, Any]) -> frozenset[str]:
+    """Dotted keys the user set: every key of the config file, every override or keyword that is not None.
+
+    A value equal to the default still counts: ``--epochs 10`` is a decision, not an omission.
+    """
+    keys = {key for key, value in dotted.items() if value is not None}
+    for section, values in raw.items():
+        if isinstance(values, Mapping):
+            keys.update(f"{section}.{key}" for key in values)
+        elif values is not None:
+            keys.add(section)  # top-level keys such as "out"
+    return frozenset(keys)
+
+
+def train(
+    data: str | os.PathLike | None = None,
+    *,
+    config: str | os.PathLike | Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    quiet: bool = False,
+    **kwargs: Any,
+) -> RunResult:
+    """Train a classifier on an image folder; returns the run folder and its summary.
+
+    Args:
+        data: a folder of class sub-folders, or one with train/ and val/ (and optional test/).
+        config: a YAML/JSON file or a dict with sections data/model/strategy/optim/engine.
+        overrides: dotted keys, e.g. {"engine.epochs": 3}.
+        quiet: no console output.
+        **kwargs: friendly names (see FLAT_KEYS): backbone, strategy, epochs, lr, batch_size, seed, out ...
+
+    With ``strategy="auto"`` the recommender chooses the strategy and fills the settings the user left
+    unset; keywords, ``overrides`` and config-file values always win over the recommendation.
+    """
+    raw, dotted = _config_sources(data, config, overrides, kwargs)
+    cfg = config_from_dict(apply_overrides(raw, dotted))
+    if cfg.strategy.name == "auto":  # the recommendation fills only what the user left unset
+        from transferkit.recommend import resolve_auto
+
+        cfg = resolve_auto(cfg, quiet=quiet, explicit=explicit_keys(raw, dotted))
+    return Trainer(cfg, quiet=quiet, after_fit=(write_run_report,)).fit()
+
+
+def resume(run_dir: str | os.PathLike, quiet: bool = False) -> RunResult:
+    """Continue an interrupted run from its last completed epoch."""
+    return Trainer.resume(run_dir, quiet=quiet, after_fit=(write_run_report,)).fit()
+
+
+def write_run_report(run_dir: Path, model: Any) -> None:
+    """The after-fit hook that writes report.html (matplotlib and Grad-CAM load only when a run finishes)."""
+    from transferkit import report
+
+    report.build_run_report(run_dir, model=model)
+
+
+def _evaluation_scan(data: str | os.PathLike, classes: list[str]) -> ScanResult:
+    """The scan of an evaluation folder: a flat folder uses the model's classes as its label space.
+
+    So a folder holding only some of the model's classes (even one) can be evaluated; a folder that
+    is not one of the model's classes is refused by the scan, naming it.
+    """
+    if detect_layout(data) == "flat":
+        return scan_class_folder(data, classes=list(classes))
+    scans = scan_dataset(data)
+    return scans["test"] if "test" in scans else scans["val"]
+
+
+def _labelled_samples(run: LoadedRun, data: str | os.PathLike) -> tuple[list[Sample], list[tuple[str, str]]]:
+    """Samples of an evaluation folder, labelled with the run's class indices (by class name)."""
+    scan = _evaluation_scan(data, run.classes)
+    unknown = sorted(set(scan.classes) - set(run.classes))
+    if unknown:
+        raise DataError(
+            f"{data}: class folder(s) {', '.join(unknown)} are not classes of the model ({', '.join(run.classes)}); "
+            "evaluate on a folder whose sub-folders are the model's classes"
+        )
+    scan = validate(scan, workers=max(1, os.cpu_count() or 1), draft_size=resize_size(run.spec))
+    remap = {i: run.classes.index(c) for i, c in enumerate(scan.classes)}
+    samples = [Sample(s.path, remap[s.label]) for s in scan.samples]
+    return samples, list(scan.skipped)
+
+
+def evaluate(
+    run: str | os.PathLike | LoadedRun, data: str | os.PathLike, out: str | os.PathLike | None = None, batch_size: int = 64
+) -> dict[str, Any]:
+    """Metrics of a trained run on a labelled folder (whole folder, or its test/ else val/ split).
+
+    Writes ``evaluation.json`` into ``out`` (default: the run folder) and returns the same dict:
+    summary metrics, per-class precision/recall/F1, confusion matrix, calibration, and every file
+    that was not used with its reason (``skipped_files``).
+
+    Raises:
+        DataError: the folder cannot be used (no images, classes the model does not know ...).
+        CheckpointError: the run folder holds no loadable model.
+    """
+    loaded = run if isinstance(run, LoadedRun) else load_run(run)
+    samples, skipped = _labelled_samples(loaded, data)
+    device = pick_device()
+    loaded.model.to(device)
+    dataset = ImageDataset(samples, eval_transform(loaded.spec), resize_size(loaded.spec))
+    failed: list[tuple[str, str]] = []
+    with oom_guard(batch_size, "evaluation"):
+        result = predict_loader(
+            loaded.model, make_loader(dataset, batch_size, False, 0), device,
+            on_failed=lambda items: failed.extend((dataset.samples[i].path, r) for i, r in items),
+        )
+    if len(result["labels"]) == 0:  # every file became unreadable after the scan checked it
+        example = f" (e.g. {failed[0][0]!r}: {failed[0][1]})" if failed else ""
+        raise DataError(f"{data}: none of the images could be read{example}; check the files")
+    report = detailed_metrics(result["labels"], result["outputs"], loaded.classes)
+    report["data"] = str(data)
+    report["skipped_files"] = [{"path": p, "reason": r} for p, r in skipped + failed]
+    target = Path(out) if out else loaded.path
+    write_json(target / "evaluation.json", report)
+    rows = [{"path": dataset.samples[int(i)].path, "label": int(y), "probs": [round(float(p), 6) for p in pr]}
+            for i, y, pr in zip(result["indices"], result["labels"], result["outputs"])]
+    from transferkit.report import build_evaluation_report
+
+    build_evaluation_report(target, report, rows, run=loaded)  # evaluation.html beside evaluation.json
+    return report
+
+
+def predict(
+    run: str | os.PathLike | LoadedRun, paths: Sequence[str | os.PathLike], top_k: int = 1, batch_size: int = 64
+) -> list[dict[str, Any]]:
+    """Top-k predictions for files and folders. A bad file gets a row with ``error``; the rest still predict."""
+    loaded = run if isinstance(run, LoadedRun) else load_run(run)
+    files = list_image_files(paths)
+    if not files:
+        raise DataError(f"no image files found in {', '.join(map(str, paths))}; pass image files or folders of images")
+    k = max(1, min(top_k, len(loaded.classes)))
+    device = pick_device()
+    loaded.model.to(device)
+    rows: dict[int, dict[str, Any]] = {}
+    missing = [i for i, f in enumerate(files) if not os.path.isfile(f)]
+    for i in missing:
+        rows[i] = {"path": files[i], "error": "file not found"}
+    samples = [Sample(f, -1) for i, f in enumerate(files)]
+    dataset = ImageDataset(samples, eval_transform(loaded.spec), resize_size(loaded.spec))
+    keep = [i for i in range(len(files)) if i not in rows]
+    subset = ImageDataset([samples[i] for i in keep], dataset.transform, dataset.draft_size)
+
+    def on_failed(items: list[tuple[int, str]]) -> None:
+        for j, reason in items:
+            rows[keep[j]] = {"path": files[keep[j]], "error": reason}
+
+    with oom_guard(batch_size, "prediction"):
+        result = predict_loader(loaded.model, make_loader(subset, batch_size, False, 0), device, on_failed=on_failed)
+    for j, probs in zip(result["indices"], result["outputs"]):
+        order = probs.argsort()[::-1][:k]
+        rows[keep[int(j)]] = {
+            "path": files[keep[int(j)]],
+            "predictions": [{"label": loaded.classes[c], "probability": float(probs[c])} for c in order],
+        }
+    return [rows[i] for i in range(len(files))]
