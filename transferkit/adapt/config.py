@@ -39,10 +39,12 @@ class AdaptCfg:
     disc_hidden: int = 256
     disc_layers: int = 2
     disc_dropout: float = 0.5
-    # discriminator rate relative to the head's: 5 was best on MNIST->MNIST-M (1: 0.651, 5: 0.671 after 3
-    # epochs; 10 with 1024 hidden units diverged to 0.589)
+    # discriminator rate relative to the head's. 5 scored best on MNIST-M *test* in an early benchmark (1: 0.651,
+    # 5: 0.671 after 3 epochs; 10 with 1024 hidden units diverged to 0.589), i.e. chosen on test labels;
+    # benchmarks/adapt_mnistm.py chooses it on a target dev split instead
     disc_lr_scale: float = 5.0
-    # CORAL: the loss is ~0.004 on pooled Lite0 features, so weight 1 barely acts (0.644 vs 0.687 with 30)
+    # CORAL: the loss is ~0.004 on pooled Lite0 features, so weight 1 barely acts (MNIST-M test, early benchmark:
+    # 0.644 vs 0.687 with 30; chosen on test labels; benchmarks/adapt_mnistm.py tunes it on a target dev split)
     coral_weight: float = 30.0
     # evaluation and figures
     adabn_images: int = 0  # target images used to estimate BatchNorm statistics (0 = all)

@@ -4,7 +4,13 @@ Flow (every method): scan the labelled source folder (the engine's split) and th
 unlabelled images), train the source-only baseline with the engine's plan/optimizer/loop, save it as
 ``baseline.safetensors``, adapt (AdaBN, CORAL or DANN; nothing for ``source-only``), save the adapted
 model as ``model.safetensors`` (so ``predict``/``evaluate`` work on the run folder), evaluate both on the
-source validation split and, when given, the labelled target folder, and draw the feature projection.
+source splits and, when given, the labelled target folder, and draw the feature projection.
+
+Source data roles (:func:`transferkit.data.datasets.prepare_data`): ``train`` fits both phases; the
+``selection`` split is scored after every epoch for metrics.jsonl (adapt trains a fixed budget and keeps
+the last epoch of each phase, so nothing is chosen on it; ``engine.select last`` drops it and trains on
+those images too); the source ``test`` split is only reported. The target folder's labels are never read;
+the labelled target folder is read only by the evaluation.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from transferkit.adapt.config import AdaptCfg
 from transferkit.adapt.data import cycle_batches, labelled_eval_samples, unlabelled_samples
 from transferkit.adapt.layers import DomainDiscriminator, dann_lr_factor
 from transferkit.adapt.loop import JointSpec, joint_epoch
-from transferkit.adapt.results import evaluate_models, write_results
+from transferkit.adapt.results import BASELINE_FILE, evaluate_models, write_results
 from transferkit.config import RunCfg, config_to_dict
 from transferkit.data.datasets import ImageDataset, make_loader, prepare_data
 from transferkit.data.transforms import eval_transform, resize_size, train_transform
@@ -40,7 +46,6 @@ from transferkit.strategy.plan import Plan, make_plan
 
 __all__ = ["Adapter", "BASELINE_FILE"]
 
-BASELINE_FILE = "baseline.safetensors"
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -94,7 +99,7 @@ class Adapter:
         self.spec = resolve_spec(cfg.model.backbone, cfg.model.weights).with_input_size(
             cfg.model.input_size).with_normalization(cfg.model.mean, cfg.model.std)
         draft = resize_size(self.spec)
-        self.data = prepare_data(cfg.data, draft_size=draft)
+        self.data = prepare_data(cfg.data, draft_size=draft, select=cfg.engine.select)
         self.target, target_skipped = unlabelled_samples(self.acfg.target, draft, check=cfg.data.validate)
         self.eval_samples: list = []
         eval_skipped: list = []
@@ -161,19 +166,22 @@ class Adapter:
     def _source_dataset(self) -> ImageDataset:
         return ImageDataset(self.data.train, train_transform(self.spec, self.cfg.data.augment), resize_size(self.spec))
 
-    def _val_metrics(self) -> dict[str, Any]:
-        """Source-validation metrics of the current weights (as train's metrics.jsonl has them per epoch)."""
+    def _selection_metrics(self) -> dict[str, Any]:
+        """Source selection-split metrics of the current weights, as train's metrics.jsonl has them per epoch
+        ({} under ``engine.select last``: there is no selection split). Logged only; nothing is chosen on them."""
+        if not self.data.selection:
+            return {}
         e = self.cfg.engine
-        dataset = ImageDataset(self.data.val, eval_transform(self.spec), resize_size(self.spec))
+        dataset = ImageDataset(self.data.selection, eval_transform(self.spec), resize_size(self.spec))
         out = predict_loader(self.model, make_loader(dataset, e.batch_size * 2, False, 0, 0, self.cfg.data.workers),
                              self.device, e.amp, e.channels_last, self._on_failed(dataset))
-        return {f"val_{k}": v for k, v in summary_metrics(out["labels"], out["outputs"], len(self.data.classes)).items()}
+        return {f"selection_{k}": v for k, v in summary_metrics(out["labels"], out["outputs"], len(self.data.classes)).items()}
 
     def _log(self, record: dict[str, Any]) -> None:
-        record.update(self._val_metrics())
+        record.update(self._selection_metrics())
         append_jsonl(self.run_dir / "metrics.jsonl", record)
-        parts = [f"{k} {v:.4f}" for k, v in record.items()
-                 if isinstance(v, float) and k not in ("time_s", "val_balanced_accuracy", "val_macro_f1", "val_roc_auc")]
+        quiet_keys = ("time_s", "selection_balanced_accuracy", "selection_macro_f1", "selection_roc_auc")
+        parts = [f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float) and k not in quiet_keys]
         self.reporter.say(f"[{record['phase']}] epoch {record['epoch']}: " + "  ".join(parts) + f"  {record['time_s']:.0f}s")
 
     # --- phases --------------------------------------------------------------------------------
@@ -296,7 +304,8 @@ class Adapter:
         self._setup()
         self._write_header()
         trainable, total = count_parameters(self.index, self.plan)
-        self.reporter.say(f"source: {len(self.data.train)} train / {len(self.data.val)} val, {len(self.data.classes)} classes; "
+        d = self.data
+        self.reporter.say(f"source: {len(d.train)} train / {len(d.selection)} selection / {len(d.test)} test, {len(d.classes)} classes; "
                           f"target: {len(self.target)} unlabelled images; method {self.acfg.method}; run folder {self.run_dir}")
         self._train_baseline()
         baseline_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
