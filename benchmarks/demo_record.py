@@ -8,7 +8,7 @@ It runs the README's first quick-start job as a whole process (start-up included
 folder with an empty embedding cache, the way a new user's first `make demo` runs once `.venv` exists,
 then stores the demo's own record (per row: metrics, n, every setting, and which settings differ between
 rows) with the wall time and the machine's load. The README's demo sentence is checked against this file
-by tests/test_results_files.py. Measure on an otherwise idle machine; the load average is recorded.
+by tests/e2e/test_results_files.py. Measure on an otherwise idle machine; the load average is recorded.
 """
 
 from __future__ import annotations

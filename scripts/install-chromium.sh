@@ -1,6 +1,6 @@
 #!/bin/sh
-# Installs Debian's `chromium` for the browser tests of the HTML reports (tests/test_report_browser.py,
-# tests/test_e2e_real.py). Idempotent: does nothing when a chromium is already installed.
+# Installs Debian's `chromium` for the browser tests of the HTML reports (tests/e2e/test_report_browser.py,
+# tests/e2e/test_e2e_real.py). Idempotent: does nothing when a chromium is already installed.
 # Outside CI it never fails the caller: without chromium (no apt-get, no root, no network) the browser
 # tests skip with a clear reason. Under CI (CI=true, as CI services set it) a missing browser is an error:
 # the script exits 1 and the browser tests fail instead of skipping, so CI cannot pass without running them.

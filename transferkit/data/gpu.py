@@ -19,7 +19,7 @@ What matches the CPU path (``ImageDataset`` + ``train_transform``/``eval_transfo
 
 What differs is pixel arithmetic only: libjpeg's scaled IDCT vs a box filter, PIL's resize and colour
 enhancement vs torchvision's tensor kernels (under half a grey level on average, no bias; measured in
-tests/test_gpu_path.py). EXIF orientation is applied on both paths (by hand after nvJPEG, which
+tests/unit/data/test_gpu_path.py). EXIF orientation is applied on both paths (by hand after nvJPEG, which
 ignores it).
 The same code runs with ``device="cpu"`` (torchvision's libjpeg decoder), which is how the tests check
 it against the PIL path on machines without a GPU.

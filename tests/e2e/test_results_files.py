@@ -11,7 +11,8 @@ import pytest
 
 from transferkit.fileio import portable_paths
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO
+
 RESULTS = REPO / "benchmarks" / "results"
 # an absolute POSIX path with at least two components, or a Windows drive path, standing on its own
 ABSOLUTE = re.compile(r"(?:^|[\s\"'`(=:,\[])(/[\w.\-]+/[\w.\-]+|[A-Za-z]:\\\w)")
@@ -72,13 +73,18 @@ def test_portable_paths_rewrites_under_each_root_and_keeps_the_rest(tmp_path: Pa
 
 
 def test_readme_demo_figures_are_the_recorded_ones():
-    """The quick-start sentence quotes benchmarks/results/demo.json (benchmarks/demo_record.py), not typed numbers."""
+    """The quick-start sentence is rendered from benchmarks/results/demo.json (benchmarks/demo_record.py), and
+    that record follows the protocol: equal budgets, test figures with intervals, verdicts."""
     record = json.loads((RESULTS / "demo.json").read_text(encoding="utf-8"))
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    sentence = readme[readme.index("`make demo` writes"):].split("\n\n")[0]
-    accuracies = [float(v) for v in re.search(r"measured ([\d.]+) / ([\d.]+) / ([\d.]+)", sentence).groups()]
+    block = readme[readme.index("<!-- results:demo -->"):readme.index("<!-- /results:demo -->")]
+    assert "`make demo` writes" in block and "make demo" in readme[:readme.index("<!-- results:demo -->")]
     assert [r["strategy"] for r in record["rows"]] == ["feature-extraction", "finetune", "lp-ft"]
-    assert accuracies == [round(r["metrics"]["accuracy"], 3) for r in record["rows"]]
-    minutes, seconds = (int(v) for v in re.search(r"(\d+) min (\d+) s", sentence).groups())
+    for r in record["rows"]:
+        lo, hi = r["ci95"]["accuracy"]
+        assert f"{r['metrics']['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]" in block
+    assert set(record["differing_settings"]) <= {"bn"}, "the demo's rows differ in more than the strategy"
+    assert record["verdicts"]["split"] == "test"
+    minutes, seconds = (int(v) for v in re.search(r"(\d+) min (\d+) s", block).groups())
     assert minutes * 60 + seconds == round(record["process_wall_time_s"])
     assert record["benchmark_command"] in (REPO / "benchmarks" / "demo_record.py").read_text(encoding="utf-8")

@@ -35,9 +35,8 @@ from transferkit.strategy.plan import (
 )
 from transferkit.recommend import Recommendation, decide
 
-from conftest import TINY
+from conftest import REPO, TINY
 
-REPO = Path(__file__).resolve().parents[1]
 GROUPS = ["stem", "block1", "block2", "block3"]
 
 

@@ -2,7 +2,7 @@
 
 Needs Debian's ``chromium`` (``scripts/install-chromium.sh``, run by ``make test``); skips without it, except
 under ``CI=true``, where a missing browser fails the tests (CI must not pass with no browser test run).
-The render of a real run's report (hymenoptera) is in ``tests/test_e2e_real.py``.
+The render of a real run's report (hymenoptera) is in ``tests/e2e/test_e2e_real.py``.
 Set TRANSFERKIT_SCREENSHOTS=DIR to keep the screenshots for a look.
 """
 
