@@ -15,20 +15,20 @@ from typing import Any, Iterator, Sequence
 
 from transferkit.data.datasets import ImageDataset, make_loader
 from transferkit.data.decode import IMAGE_EXTENSIONS
-from transferkit.data.scan import Sample, ScanResult, detect_layout, scan_class_folder, scan_dataset, validate
+from transferkit.data.scan import (
+    Sample,
+    ScanResult,
+    detect_layout,
+    list_image_files,
+    scan_class_folder,
+    scan_dataset,
+    validate,
+)
 from transferkit.errors import DataError
 
 __all__ = ["UNLABELLED", "unlabelled_samples", "labelled_eval_samples", "cycle_batches"]
 
 UNLABELLED = -1
-
-
-def _image_files(root: Path) -> list[Path]:
-    files = []
-    for folder, dirs, names in os.walk(root, followlinks=False):
-        dirs[:] = [d for d in dirs if not d.startswith((".", "__"))]
-        files.extend(Path(folder) / n for n in names if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_EXTENSIONS)
-    return files
 
 
 def unlabelled_samples(target: str | os.PathLike, draft_size: int | None = None, check: bool = True) -> tuple[list[Sample], list[tuple[str, str]]]:
@@ -45,7 +45,8 @@ def unlabelled_samples(target: str | os.PathLike, draft_size: int | None = None,
     root = Path(target)
     if not root.is_dir():
         raise DataError(f"target folder {root} does not exist; pass --target FOLDER with the unlabelled target images")
-    files = sorted(_image_files(root), key=lambda p: (p.name, str(p.relative_to(root))))
+    # the scan's own walker (data.scan): the same rules for what counts as an image as train and predict
+    files = sorted((Path(f) for f in list_image_files([root])), key=lambda p: (p.name, str(p.relative_to(root))))
     if not files:
         raise DataError(
             f"target folder {root} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
