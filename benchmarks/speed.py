@@ -88,7 +88,7 @@ def bench_training(data: Path, epochs: int, views: int, baseline: bool = True) -
     for name, extra in plan:
         load = load_avg()
         wall = time.perf_counter()
-        result = tk.train(data, out=str(out / name), **common, **extra)
+        result = tk.train(data, out=str(out / name), **{**common, **extra})
         runs[name] = {"time_s": result.summary["time_s"], "wall_s": round(time.perf_counter() - wall, 2),
                       "accuracy": result.summary["metrics"]["accuracy"], "ci95": result.summary["ci95"]["accuracy"],
                       "selected_epoch": result.summary["selected_epoch"], "n_train": result.summary["data"]["n_train"],

@@ -1,7 +1,7 @@
 """Render the README's measured figures from benchmarks/results/*.json, so no figure is typed by hand.
 
     .venv/bin/python scripts/render_readme.py           # rewrite the marked blocks of README.md
-    .venv/bin/python scripts/render_readme.py --check   # exit 1 when README.md differs (tests/test_readme_results.py)
+    .venv/bin/python scripts/render_readme.py --check   # exit 1 when README.md differs (tests/e2e/test_readme_results.py)
 
 Each block sits between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` and is produced by the
 function of that name below from the result files alone; a block whose file is missing says so.
@@ -138,8 +138,30 @@ def recommend() -> str:
     return "\n".join(lines) + "\n"
 
 
+def demo() -> str:
+    """The quick-start sentence: what `make demo` measured (benchmarks/demo_record.py -> demo.json)."""
+    d = _load("demo.json")
+    rows = d["rows"]
+    wall = round(d["process_wall_time_s"])
+    parts = []
+    for r in rows:
+        lo, hi = r["ci95"]["accuracy"]
+        parts.append(f"{r['strategy']} {r['metrics']['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]")
+    verdicts = d["verdicts"]
+    judged = [f"{name} {row['verdict']}" for name, row in verdicts["strategies"].items() if "verdict" in row]
+    differs = ", ".join(d["differing_settings"]) or "nothing"
+    return (f"`make demo` writes scikit-learn's 1,797 real handwritten-digit scans as an image folder, splits it "
+            f"70/15/15 (train / selection / test), trains EfficientNet-Lite0 with feature extraction, plain fine-tuning "
+            f"and LP-FT on the same budget ({rows[0]['settings']['epochs']} epochs each), and prints the comparison with "
+            f"intervals and paired verdicts ({wall // 60} min {wall % 60} s on 2 CPU cores once `.venv` exists, cold "
+            f"cache, 1-min load average {d['load_avg_1min_before']} before the start; test accuracy on "
+            f"{rows[0]['n_test']} scans: {'; '.join(parts)}; against the best ({verdicts['best']}): "
+            f"{', '.join(judged)}; besides the strategy the rows differ in: {differs}; "
+            f"`benchmarks/results/demo.md`, from `python benchmarks/demo_record.py`).\n")
+
+
 RENDERERS: dict[str, Callable[[], str]] = {f.__name__.replace("_", "-"): f for f in
-                                           (accuracy, compare, adapt, speed, linear_probe, recommend)}
+                                           (accuracy, compare, adapt, speed, linear_probe, recommend, demo)}
 
 
 def render(text: str) -> str:
