@@ -30,7 +30,7 @@ from transferkit._version import __version__  # noqa: E402  (re-exported)
 _LAZY = {
     "train": "transferkit.api", "evaluate": "transferkit.api", "predict": "transferkit.api",
     "load_run": "transferkit.api", "resume": "transferkit.api", "build_config": "transferkit.api",
-    "recommend": "transferkit.recommend",
+    "recommend": "transferkit.recommender",
 }
 
 

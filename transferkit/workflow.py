@@ -106,7 +106,7 @@ def train(
     raw, dotted = _config_sources(data, config, overrides, kwargs)
     cfg = config_from_dict(apply_overrides(raw, dotted))
     if cfg.strategy.name == "auto":  # the recommendation fills only what the user left unset
-        from transferkit.recommend import resolve_auto
+        from transferkit.recommender import resolve_auto
 
         cfg = resolve_auto(cfg, quiet=quiet, explicit=explicit_keys(raw, dotted))
     return Trainer(cfg, quiet=quiet, after_fit=(write_run_report,)).fit()

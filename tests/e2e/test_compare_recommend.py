@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 import transferkit as tk
 from transferkit.cli import app
-from transferkit.recommend import FAR_DOMAIN_SHIFT, decide
+from transferkit.recommender import FAR_DOMAIN_SHIFT, decide
 
 from conftest import TINY
 

@@ -20,7 +20,7 @@ def recommend(
     """Measure a dataset (size, balance, distance from ImageNet) and recommend a strategy."""
 
     def go() -> str:
-        from transferkit.recommend import recommend as measure_and_recommend
+        from transferkit.recommender import recommend as measure_and_recommend
 
         return measure_and_recommend(str(data), backbone, None if weights is None else str(weights)).explain()
 

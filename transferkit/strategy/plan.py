@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 HEAD = "head"
-AUTO = "auto"  # not a plan: the recommender replaces it by a registered strategy (recommend.py)
+AUTO = "auto"  # not a plan: the recommender replaces it by a registered strategy (transferkit/recommender.py)
 
 
 @dataclass(frozen=True)

@@ -89,3 +89,18 @@ def test_the_package_api_still_resolves_every_public_name():
         "assert all(callable(f) for f in (train, evaluate, predict, load_run, resume, build_config, recommend))\n"
         "assert set(tk.__all__) <= set(dir(tk))\n")], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_public_names_are_not_shadowed_by_submodules():
+    """tk.compare and tk.recommend stay callable after their modules are imported (a submodule named like a
+    lazily exported function would replace it as the package attribute)."""
+    import importlib
+
+    import transferkit as tk
+
+    for name in ("compare", "recommend", "train", "evaluate", "predict"):
+        try:
+            importlib.import_module(f"transferkit.{name}")
+        except ModuleNotFoundError:
+            pass
+        assert callable(getattr(tk, name)), f"transferkit.{name} is a module, not the API function"

@@ -33,7 +33,7 @@ from transferkit.strategy.plan import (
     strategy_names,
     uses_pretrained,
 )
-from transferkit.recommend import Recommendation, decide
+from transferkit.recommender import Recommendation, decide
 
 from conftest import REPO, TINY
 

@@ -14,7 +14,7 @@ from transferkit.cli import app
 from transferkit.config import config_to_dict
 from transferkit.models.backbones import resolve_spec
 from transferkit.strategy.plan import HEAD, make_plan
-from transferkit.recommend import FAR_DOMAIN_SHIFT, decide
+from transferkit.recommender import FAR_DOMAIN_SHIFT, decide
 
 CASES = [(100, 0.05), (3000, 0.05), (20000, 0.05), (100, 1.0), (20000, 1.0)]
 

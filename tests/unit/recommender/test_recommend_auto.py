@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 import transferkit as tk
 import transferkit.workflow as workflow
-import transferkit.recommend as recommend_module
+import transferkit.recommender as recommend_module
 from transferkit.cli import app
 from transferkit.engine.trainer import RunResult
 
