@@ -19,6 +19,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import transferkit as tk
+import transferkit.workflow as workflow
 import transferkit.engine.trainer as trainer_module
 from conftest import TINY, make_image_folder
 from transferkit.cli import app
@@ -163,7 +164,7 @@ def test_predict_and_evaluate_on_messy_folder(messy: Path, tmp_path: Path) -> No
 def test_evaluate_reports_files_that_break_after_the_scan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = make_image_folder(tmp_path / "data", {"a": 6, "b": 6})
     run = tk.train(data, out=str(tmp_path / "run"), **RUN).run_dir
-    monkeypatch.setattr(tk.api, "validate", lambda scan, **_: scan)  # as if the files broke after the check
+    monkeypatch.setattr(workflow, "validate", lambda scan, **_: scan)  # as if the files broke after the check
     (data / "a" / "a_000.jpg").write_bytes(b"")
     report = tk.evaluate(run, data)
     assert report["n"] == 11
