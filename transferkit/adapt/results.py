@@ -151,9 +151,11 @@ def write_results(adapter: "Adapter", results: dict[str, Any], trainable: int, t
                                 "source": acfg.target, "n": len(a.target)},
                      "target_eval": {"role": "labelled target images, only reported",
                                      "source": acfg.target_eval or "", "n": len(a.eval_samples)}},
-        # adapt trains a fixed budget and keeps the last epoch of each phase: the selection split (if any) is
-        # scored per epoch in metrics.jsonl, never used to choose
-        "select": "last",
+        # by default adapt trains a fixed budget and keeps the last epoch of each phase: the selection split (if
+        # any) is scored per epoch in metrics.jsonl, never used to choose; adapt.select best chooses the
+        # adaptation epoch on it
+        "select": acfg.select,
+        "selected_epoch": a.selected_epoch,
         "source_only": base,
         "adapted": adapted,
         "target_accuracy_gain": gain,

@@ -59,7 +59,6 @@ class AdaptHook(TrainerHook):
     """
 
     factory = "transferkit.adapt.runner:hook_for_run"  # Trainer.resume rebuilds the hook from the run folder
-    fixed_budget = True  # each phase keeps its last epoch; the selection split is only logged
 
     def __init__(self, acfg: AdaptCfg, baseline_from: str | Path | None = None) -> None:
         self.acfg = acfg
@@ -91,6 +90,17 @@ class AdaptHook(TrainerHook):
         """Epochs trained in this run (a reused baseline's are not)."""
         return self.trainer.state.epoch - (self.baseline_epochs if self.baseline_from else 0)
 
+    @property
+    def fixed_budget(self) -> bool:
+        """The baseline keeps its last epoch; so does the adaptation unless ``adapt.select`` is best."""
+        just_done = self.trainer.state.epoch - 1 if self.trainer else 0
+        return self.acfg.select == "last" or self.acfg.method not in JOINT or just_done < self.baseline_epochs
+
+    @property
+    def selected_epoch(self) -> int:
+        """The kept epoch (1-based, counted over both phases)."""
+        return self.trainer.state.best_epoch + 1 if self.trainer.state.best_epoch >= 0 else self.trainer.state.epoch
+
     def _on_failed(self, dataset: ImageDataset):
         return self.trainer._failed_handler(dataset)
 
@@ -111,6 +121,9 @@ class AdaptHook(TrainerHook):
     def on_setup(self, trainer: Trainer) -> None:
         if trainer.dist.enabled:
             raise ConfigError("adapt runs in one process; start it without torchrun")
+        if self.acfg.select == "best" and not trainer.data.selection:
+            raise ConfigError("adapt.select best chooses on the source selection split, but engine.select last has "
+                              "none; use adapt.select last, or engine.select best")
         self.trainer = trainer
         draft = resize_size(trainer.spec)
         self.target, target_skipped = unlabelled_samples(self.acfg.target, draft, check=trainer.cfg.data.validate)
@@ -253,6 +266,8 @@ class AdaptHook(TrainerHook):
             raise TransferKitError(f"interrupted after epoch {trainer.state.epoch}: continue the run with "
                                    f"transferkit.adapt.resume({str(trainer.run_dir)!r})")
         baseline = load_run(trainer.run_dir, weights_name=BASELINE_FILE, device=str(trainer.device)).model.state_dict()
+        if not self.fixed_budget:  # adapt.select best: the chosen adaptation epoch, saved by the trainer
+            trainer.model.load_state_dict(load_run(trainer.run_dir, device=str(trainer.device)).model.state_dict())
         after = trainer.plan.bn == "train" if self.acfg.adabn is None else self.acfg.adabn
         if self.acfg.method == "adabn" or (self.acfg.method in JOINT and after):
             self.adabn_images = self._adabn()
