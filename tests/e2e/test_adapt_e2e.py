@@ -219,3 +219,17 @@ def test_cli_adapt_errors_are_one_line(domains: dict[str, Path], tmp_path: Path)
     typo = cli.invoke(app, ["adapt", "--source", str(domains["source"]), "--target", str(domains["target"]),
                             "--set", "adapt.lamda_max=1", "--out", str(tmp_path / "typo")])
     assert typo.exit_code == 2 and "lamda_max" in typo.output
+
+
+def test_adapt_select_best_chooses_an_adaptation_epoch_and_stops_early(domains: dict[str, Path], tmp_path: Path) -> None:
+    """adapt.select best: the trainer's selection and early stopping, over the adaptation epochs only."""
+    out = tmp_path / "best"
+    s = adapt(domains["source"], domains["target"], method="coral", out=str(out), quiet=True, patience=1,
+              adapt_options={"projection": "none", "select": "best"}, **{**FAST, "adapt_epochs": 4}).summary
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["phase"] == "source-only" and all(row["phase"] == "coral" for row in rows[1:])
+    assert s["select"] == "best" and 2 <= s["selected_epoch"] <= len(rows) == s["epochs_run"]
+    assert len(rows) == 5 or len(rows) == s["selected_epoch"] + 1  # all epochs, or stopped one after the best
+    with pytest.raises(ConfigError, match="selection split"):
+        adapt(domains["source"], domains["target"], method="coral", out=str(tmp_path / "none"), quiet=True, select="last",
+              adapt_options={"projection": "none", "select": "best"}, **FAST)

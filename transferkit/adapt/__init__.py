@@ -21,6 +21,7 @@ from transferkit.engine.trainer import RunResult
 
 __all__ = [
     "adapt",
+    "resume",
     "AdaptCfg",
     "METHODS",
     "ADAPT_DEFAULTS",
@@ -95,3 +96,11 @@ def adapt(
     cfg = build_config(source, dict(raw), dotted, **kwargs)
     return Adapter(cfg, acfg, quiet=quiet, baseline_from=baseline_from).fit()
 
+
+
+def resume(run_dir: str | os.PathLike, quiet: bool = False) -> RunResult:
+    """Continue an interrupted adapt run from its last finished epoch (the engine's resume; the run
+    folder's hooks.json brings the adaptation back)."""
+    from transferkit.engine.trainer import Trainer
+
+    return Trainer.resume(run_dir, quiet=quiet).fit()

@@ -27,6 +27,10 @@ class AdaptCfg:
     method: str = "dann"
     epochs: int = 5  # adaptation epochs (coral, dann); an epoch = one pass over the source images
     lr: float | None = None  # head rate of the adaptation phase (None: optim.lr); backbone gets its strategy scale
+    # last: a fixed budget, the last adaptation epoch is kept (the source selection split is only logged);
+    # best: keep the adaptation epoch scoring best on the source selection split (engine.monitor), and stop
+    # after engine.patience epochs without improvement. Source accuracy is not target accuracy: a choice only.
+    select: str = "last"
     warm_start: bool = True  # start adaptation from the source-only baseline
     per_domain_bn: bool = True  # separate source / target forward passes, so BatchNorm batch statistics are per domain
     # after coral / dann: re-estimate BatchNorm statistics on the target images; None = when BatchNorm
@@ -64,6 +68,7 @@ class AdaptCfg:
             (self.lr_schedule in ("dann", "cosine"), f"adapt.lr_schedule {self.lr_schedule!r} must be dann or cosine"),
             (self.projection in ("tsne", "pca", "none"), f"adapt.projection {self.projection!r} must be tsne, pca or none"),
             (self.projection_points >= 10, f"adapt.projection_points {self.projection_points} must be >= 10"),
+            (self.select in ("last", "best"), f"adapt.select {self.select!r} must be last or best"),
             (self.adabn_images >= 0, f"adapt.adabn_images {self.adabn_images} must be >= 0"),
         ]
         for ok, message in checks:

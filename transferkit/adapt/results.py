@@ -26,7 +26,8 @@ from transferkit.engine.loop import predict_loader
 from transferkit.fileio import write_json
 from transferkit.metrics.classification import detailed_metrics, summary_metrics
 
-# the runner's Adapter, passed in (not imported: the runner imports this module, and a cycle would tie them)
+# the runner's AdaptHook (the trainer's set-up seen through it), passed in (not imported: the runner imports
+# this module, and a cycle would tie them)
 Adapter = Any
 
 BASELINE_FILE = "baseline.safetensors"  # the source-only weights beside model.safetensors
@@ -140,8 +141,8 @@ def write_results(adapter: "Adapter", results: dict[str, Any], trainable: int, t
         "command": "adapt",
         "method": acfg.method,
         "backbone": a.spec.name,
-        "strategy": a.plan.strategy,
-        "bn": a.plan.bn,
+        "strategy": a.run_plan.strategy,
+        "bn": a.run_plan.bn,
         # as in train's summary: the saved model on the source test split (reported only; None without one)
         "metrics": adapted["source_test"],
         "metrics_split": "test",  # the source's test split (the target's figures are under source_only / adapted)
@@ -150,9 +151,11 @@ def write_results(adapter: "Adapter", results: dict[str, Any], trainable: int, t
                                 "source": acfg.target, "n": len(a.target)},
                      "target_eval": {"role": "labelled target images, only reported",
                                      "source": acfg.target_eval or "", "n": len(a.eval_samples)}},
-        # adapt trains a fixed budget and keeps the last epoch of each phase: the selection split (if any) is
-        # scored per epoch in metrics.jsonl, never used to choose
-        "select": "last",
+        # by default adapt trains a fixed budget and keeps the last epoch of each phase: the selection split (if
+        # any) is scored per epoch in metrics.jsonl, never used to choose; adapt.select best chooses the
+        # adaptation epoch on it
+        "select": acfg.select,
+        "selected_epoch": a.selected_epoch,
         "source_only": base,
         "adapted": adapted,
         "target_accuracy_gain": gain,

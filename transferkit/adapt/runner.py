@@ -1,10 +1,13 @@
-"""The Adapter: source-only baseline, then the chosen adaptation, then both evaluated side by side.
+"""Domain adaptation as a hook on the engine's one Trainer: source-only baseline, then the adaptation.
 
-Flow (every method): scan the labelled source folder (the engine's split) and the target folder (as
-unlabelled images), train the source-only baseline with the engine's plan/optimizer/loop, save it as
-``baseline.safetensors``, adapt (AdaBN, CORAL or DANN; nothing for ``source-only``), save the adapted
-model as ``model.safetensors`` (so ``predict``/``evaluate`` work on the run folder), evaluate both on the
-source splits and, when given, the labelled target folder, and draw the feature projection.
+Flow (every method), all in one :class:`~transferkit.engine.trainer.Trainer` run: the trainer scans the
+labelled source folder (its split), builds the model, plan and optimizer and runs the epoch loop;
+:class:`AdaptHook` adds the target folder (as unlabelled images), appends the adaptation epochs (CORAL or
+DANN) to the plan, gives those epochs their joint step objective (:mod:`transferkit.adapt.objective`), a
+fresh optimizer and their own learning-rate schedule, saves the source-only weights as
+``baseline.safetensors`` when the baseline phase ends, and at the end applies AdaBN where asked, saves
+``model.safetensors`` and evaluates both models side by side (:mod:`transferkit.adapt.results`). So an
+adapt run has the trainer's checkpoints and resume (``Trainer.resume(run_dir)``), data roles and run folder.
 
 Source data roles (:func:`transferkit.data.datasets.prepare_data`): ``train`` fits both phases; the
 ``selection`` split is scored after every epoch for metrics.jsonl (adapt trains a fixed budget and keeps
@@ -15,7 +18,6 @@ the labelled target folder is read only by the evaluation.
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -24,37 +26,291 @@ import torch
 import yaml
 
 from transferkit.adapt.bn import adabn
-from transferkit.adapt.config import AdaptCfg
+from transferkit.adapt.config import AdaptCfg, adapt_cfg_from_dict
 from transferkit.adapt.data import cycle_batches, labelled_eval_samples, unlabelled_samples
 from transferkit.adapt.layers import DomainDiscriminator, dann_lr_factor
-from transferkit.adapt.loop import JointSpec, joint_epoch
+from transferkit.adapt.objective import JointObjective
 from transferkit.adapt.results import BASELINE_FILE, evaluate_models, write_results
-from transferkit.config import RunCfg, config_to_dict
-from transferkit.data.datasets import ImageDataset, make_loader, prepare_data
+from transferkit.config import RunCfg
+from transferkit.data.datasets import ImageDataset, make_loader
 from transferkit.data.transforms import eval_transform, resize_size, train_transform
-from transferkit.engine.loop import StepContext, pick_device, predict_loader, train_one_epoch
-from transferkit.engine.progress import Reporter
-from transferkit.engine.trainer import RunResult, default_run_dir, seed_everything
-from transferkit.errors import ConfigError, StrategyError
+from transferkit.engine.checkpoint import flatten_optimizer, unflatten_optimizer
+from transferkit.engine.hooks import Objective, TrainerHook
+from transferkit.engine.trainer import RunResult, Trainer, default_run_dir
+from transferkit.errors import ConfigError, StrategyError, TransferKitError
 from transferkit.export.runfiles import load_run, save_model
-from transferkit.fileio import append_jsonl, write_json, write_text
-from transferkit.metrics.classification import summary_metrics
-from transferkit.models.backbones import resolve_spec
+from transferkit.fileio import write_json, write_text
 from transferkit.models.transfer import build_model
-from transferkit.strategy.optim import apply_plan, build_optimizer, count_parameters, index_groups, lr_factor, set_learning_rates
+from transferkit.strategy.optim import apply_plan, build_optimizer, lr_factor, set_learning_rates
 from transferkit.strategy.plan import Plan, make_plan
 
-__all__ = ["Adapter", "BASELINE_FILE"]
+__all__ = ["Adapter", "AdaptHook", "hook_for_run", "BASELINE_FILE"]
+
+JOINT = ("coral", "dann")  # the methods that train on source + target batches
 
 
+class AdaptHook(TrainerHook):
+    """The adaptation phase and the side-by-side evaluation, plugged into the Trainer.
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    """Dropout/augmentation randomness per epoch: a pure function of (seed, epoch), as the trainer's."""
-    return (seed * 1_000_003 + epoch * 7_919) % (2**63)
+    Args:
+        acfg: the adaptation settings (target folder, method, ...).
+        baseline_from: an earlier ``adapt`` run folder whose source-only baseline (same source, split,
+            backbone and seed) is reused instead of training it again.
+    """
+
+    factory = "transferkit.adapt.runner:hook_for_run"  # Trainer.resume rebuilds the hook from the run folder
+
+    def __init__(self, acfg: AdaptCfg, baseline_from: str | Path | None = None) -> None:
+        self.acfg = acfg
+        self.baseline_from = None if baseline_from is None else Path(baseline_from)
+        self.trainer: Trainer | None = None
+        self.baseline_epochs = 0  # the plan's source-only epochs; the adaptation epochs follow them
+        self.first_step = 0  # global step of the adaptation phase's first step (its schedules start there)
+        self.adabn_images = 0  # target images the final BatchNorm statistics come from (0: AdaBN not applied)
+        self.discriminator: DomainDiscriminator | None = None
+        self.disc_optimizer: torch.optim.Optimizer | None = None
+
+    # --- what results.py reads (the trainer's set-up, seen through the hook) -------------------------
+
+    cfg = property(lambda self: self.trainer.cfg)
+    spec = property(lambda self: self.trainer.spec)
+    data = property(lambda self: self.trainer.data)
+    model = property(lambda self: self.trainer.model)
+    device = property(lambda self: self.trainer.device)
+    run_dir = property(lambda self: self.trainer.run_dir)
+    reporter = property(lambda self: self.trainer.reporter)
+    run_plan = property(lambda self: self.trainer.plan)  # (``plan`` is the hook's method)
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        return self.trainer.state.skipped
+
+    @property
+    def epoch(self) -> int:
+        """Epochs trained in this run (a reused baseline's are not)."""
+        return self.trainer.state.epoch - (self.baseline_epochs if self.baseline_from else 0)
+
+    @property
+    def fixed_budget(self) -> bool:
+        """The baseline keeps its last epoch; so does the adaptation unless ``adapt.select`` is best."""
+        just_done = self.trainer.state.epoch - 1 if self.trainer else 0
+        return self.acfg.select == "last" or self.acfg.method not in JOINT or just_done < self.baseline_epochs
+
+    @property
+    def selected_epoch(self) -> int:
+        """The kept epoch (1-based, counted over both phases)."""
+        return self.trainer.state.best_epoch + 1 if self.trainer.state.best_epoch >= 0 else self.trainer.state.epoch
+
+    def _on_failed(self, dataset: ImageDataset):
+        return self.trainer._failed_handler(dataset)
+
+    # --- set-up ----------------------------------------------------------------------------------
+
+    def plan(self, trainer: Trainer, plan: Plan) -> Plan:
+        """The baseline's plan, then the adaptation epochs: warm start repeats its last row, cold start
+        runs the strategy's plan again."""
+        self.baseline_epochs = len(plan.scales)
+        if self.acfg.method not in JOINT:
+            return plan
+        if self.acfg.warm_start:
+            rows = (plan.scales[-1],) * self.acfg.epochs
+        else:
+            rows = make_plan(trainer.cfg.strategy, trainer.index.names[:-1], self.acfg.epochs).scales
+        return Plan(plan.strategy, plan.groups, plan.scales + rows, plan.bn, plan.pretrained)
+
+    def on_setup(self, trainer: Trainer) -> None:
+        if trainer.dist.enabled:
+            raise ConfigError("adapt runs in one process; start it without torchrun")
+        if self.acfg.select == "best" and not trainer.data.selection:
+            raise ConfigError("adapt.select best chooses on the source selection split, but engine.select last has "
+                              "none; use adapt.select last, or engine.select best")
+        self.trainer = trainer
+        draft = resize_size(trainer.spec)
+        self.target, target_skipped = unlabelled_samples(self.acfg.target, draft, check=trainer.cfg.data.validate)
+        self.eval_samples: list = []
+        eval_skipped: list = []
+        if self.acfg.target_eval:
+            self.eval_samples, eval_skipped = labelled_eval_samples(self.acfg.target_eval, trainer.data.classes, draft)
+        for path, reason in target_skipped + eval_skipped:
+            trainer.state.skipped.setdefault(path, reason)
+        if self.acfg.method == "dann":
+            self._build_discriminator()
+        if self.baseline_from is not None:
+            self._load_baseline()
+            trainer.state.epoch = self.baseline_epochs  # the baseline's epochs are done (a resume restores its own)
+
+    def _build_discriminator(self) -> None:
+        """DANN's domain classifier, initialised from its own seed (the training randomness stays the trainer's)."""
+        t, acfg = self.trainer, self.acfg
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(t.cfg.engine.seed * 7 + 3)
+            self.discriminator = DomainDiscriminator(t.spec.feature_dim, acfg.disc_hidden, acfg.disc_layers,
+                                                     acfg.disc_dropout).to(t.device)
+        self.disc_optimizer = torch.optim.AdamW(
+            [{"params": list(self.discriminator.parameters()), "lr_scale": acfg.disc_lr_scale}],
+            lr=acfg.lr or t.cfg.optim.lr, weight_decay=t.cfg.optim.weight_decay)
+
+    def _load_baseline(self) -> None:
+        t = self.trainer
+        other = load_run(self.baseline_from, weights_name=BASELINE_FILE)
+        if other.classes != t.data.classes or other.spec.input_size != t.spec.input_size or other.spec.arch != t.spec.arch:
+            raise ConfigError(
+                f"--baseline-from {self.baseline_from}: its baseline ({other.spec.name}, {other.spec.input_size}px, "
+                f"classes {other.classes}) does not match this run ({t.spec.name}, {t.spec.input_size}px, "
+                f"classes {t.data.classes}); train the baseline here instead"
+            )
+        t.model.load_state_dict(other.model.state_dict())
+
+    def on_header(self, trainer: Trainer) -> None:
+        run = trainer.run_dir
+        write_text(run / "adapt.yaml", yaml.safe_dump(self.acfg.to_dict(), sort_keys=False))
+        split = trainer.data.split_record()
+        split["target"] = [s.path for s in self.target]  # paths only: the target's labels are not read
+        split["target_eval"] = [[s.path, s.label] for s in self.eval_samples]
+        write_json(run / "split.json", split)
+        d = trainer.data
+        trainer.reporter.say(f"target: {len(self.target)} unlabelled images; method {self.acfg.method}; run folder {run}")
+        if self.baseline_from is not None:
+            save_model(run, trainer.model, d.classes, trainer._head_meta(), name=BASELINE_FILE)
+            trainer.reporter.say(f"source-only baseline reused from {self.baseline_from}")
+
+    # --- the epochs ------------------------------------------------------------------------------
+
+    def _joint(self, epoch: int) -> bool:
+        return self.acfg.method in JOINT and epoch >= self.baseline_epochs
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        """At the adaptation phase's start: cold start reloads the pretrained model, a fresh optimizer. Under
+        BatchNorm 'train' every BatchNorm layer stays live: BatchNorm statistics are domain statistics
+        rather than weights, so with frozen lower groups they must still follow the domain of the batch."""
+        if epoch == self.baseline_epochs and self._joint(epoch):
+            cfg = trainer.cfg
+            if not self.acfg.warm_start:
+                fresh = build_model(trainer.spec, len(trainer.data.classes), head=cfg.model.head, hidden=cfg.model.head_hidden,
+                                    dropout=cfg.model.dropout, pretrained=cfg.model.pretrained, weights=cfg.model.weights)
+                trainer.model.load_state_dict(fresh.state_dict())
+            trainer.optimizer = build_optimizer(trainer.index, cfg.optim)
+            apply_plan(trainer.model, trainer.index, trainer.optimizer, trainer.plan, epoch)
+            self.first_step = trainer.state.step
+        if trainer.plan.bn == "train":
+            trainer.model.pin_batchnorm([])
+
+    def objective(self, trainer: Trainer, epoch: int) -> Objective | None:
+        """CORAL / DANN epochs: the joint step, its target batches and the phase's learning-rate schedule.
+
+        Schedule ``dann``: mu_p = mu_0 / (1 + 10 p) ** 0.75 over the phase's progress p (Ganin et al.; AdamW
+        instead of their SGD with momentum, as everywhere in the engine); ``cosine``: the engine's decay.
+        The discriminator has its own AdamW on the same schedule, at ``disc_lr_scale`` x the head's rate.
+        The target batches of each epoch are a pure function of (seed, epoch), so a resumed run sees the same.
+        """
+        if not self._joint(epoch):
+            return None
+        cfg, acfg = trainer.cfg, self.acfg
+        first, phase_steps = self.first_step, trainer.steps_per_epoch * acfg.epochs
+        lr = acfg.lr or cfg.optim.lr
+        optimizers = [trainer.optimizer] + ([self.disc_optimizer] if self.disc_optimizer is not None else [])
+
+        def set_lr(step: int) -> None:
+            if acfg.lr_schedule == "dann":
+                factor = dann_lr_factor((step - first) / phase_steps)
+            else:
+                factor = lr_factor(step - first, phase_steps, 0, cfg.optim.min_lr_ratio)
+            for optimizer in optimizers:
+                set_learning_rates(optimizer, lr, factor)
+
+        target_set = self._target_dataset(train=True)
+        passes = (epoch - self.baseline_epochs) * 1000  # each epoch's passes over the target: their own shuffles
+        target = cycle_batches(target_set, trainer.local_batch, cfg.engine.seed * 7 + 1, passes, cfg.data.workers)
+        return JointObjective(acfg.method, target, first, phase_steps, set_lr, acfg.per_domain_bn, acfg.lambda_max,
+                              acfg.coral_weight, self.discriminator, self.disc_optimizer)
+
+    def _target_dataset(self, train: bool) -> ImageDataset:
+        """Unlabelled target images: augmented like the source for training, plain for AdaBN."""
+        t = self.trainer
+        limit = self.acfg.adabn_images or len(self.target)
+        transform = train_transform(t.spec, t.cfg.data.augment) if train else eval_transform(t.spec)
+        return ImageDataset(self.target if train else self.target[:limit], transform, resize_size(t.spec))
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict[str, Any]) -> None:
+        record["phase"] = self.acfg.method if self._joint(epoch) else "source-only"
+        if self._joint(epoch):
+            record["lr_head"] = next(g["lr"] for g in trainer.optimizer.param_groups if g["layer_group"] == "head")
+        if epoch == self.baseline_epochs - 1:  # the source-only baseline is complete
+            save_model(trainer.run_dir, trainer.model, trainer.data.classes, trainer._head_meta(), name=BASELINE_FILE)
+
+    # --- checkpoint ------------------------------------------------------------------------------
+
+    def state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        info: dict[str, Any] = {"first_step": self.first_step,
+                                "baseline_from": None if self.baseline_from is None else str(self.baseline_from)}
+        tensors: dict[str, torch.Tensor] = {}
+        if self.discriminator is not None and self.disc_optimizer is not None:
+            tensors = {f"disc.{k}": v for k, v in self.discriminator.state_dict().items()}
+            opt_tensors, info["disc_optimizer"] = flatten_optimizer(self.disc_optimizer)
+            tensors.update({f"disc_opt.{k}": v for k, v in opt_tensors.items()})
+        return info, tensors
+
+    def load_state(self, info: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        self.first_step = int(info.get("first_step", 0))
+        self.baseline_from = None if info.get("baseline_from") is None else Path(info["baseline_from"])
+        if self.discriminator is not None and self.disc_optimizer is not None:
+            self.discriminator.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("disc.")})
+            opt = {k[len("disc_opt."):]: v for k, v in tensors.items() if k.startswith("disc_opt.")}
+            self.disc_optimizer.load_state_dict(unflatten_optimizer(opt, info["disc_optimizer"]))
+
+    # --- the end ---------------------------------------------------------------------------------
+
+    def finish(self, trainer: Trainer, started: float, trainable: int, total: int, interrupted: bool) -> RunResult:
+        """AdaBN where asked, model.safetensors, both models evaluated, summary.json."""
+        if interrupted:
+            raise TransferKitError(f"interrupted after epoch {trainer.state.epoch}: continue the run with "
+                                   f"transferkit.adapt.resume({str(trainer.run_dir)!r})")
+        baseline = load_run(trainer.run_dir, weights_name=BASELINE_FILE, device=str(trainer.device)).model.state_dict()
+        if not self.fixed_budget:  # adapt.select best: the chosen adaptation epoch, saved by the trainer
+            trainer.model.load_state_dict(load_run(trainer.run_dir, device=str(trainer.device)).model.state_dict())
+        after = trainer.plan.bn == "train" if self.acfg.adabn is None else self.acfg.adabn
+        if self.acfg.method == "adabn" or (self.acfg.method in JOINT and after):
+            self.adabn_images = self._adabn()
+        save_model(trainer.run_dir, trainer.model, trainer.data.classes, trainer._head_meta())
+        results = evaluate_models(self, baseline)
+        summary = write_results(self, results, trainable, total, time.perf_counter() - started)
+        return RunResult(trainer.run_dir, summary)
+
+    def _adabn(self) -> int:
+        """Re-estimate BatchNorm statistics on the (un-augmented) unlabelled target images."""
+        t, e = self.trainer, self.trainer.cfg.engine
+        loader = make_loader(self._target_dataset(train=False), e.batch_size * 2, False, e.seed, 0, t.cfg.data.workers)
+        n = adabn(t.model, loader, t.device, e.channels_last)
+        t.reporter.say(f"AdaBN: BatchNorm statistics re-estimated on {n} target images")
+        return n
+
+
+def hook_for_run(run_dir: Path, cfg: RunCfg) -> AdaptHook:
+    """The hook of an adapt run folder (its adapt.yaml), for ``Trainer.resume``."""
+    path = Path(run_dir) / "adapt.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} lists the adapt hook but has no adapt.yaml; it cannot be resumed")
+    return AdaptHook(adapt_cfg_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {}))
+
+
+def _check(cfg: RunCfg, acfg: AdaptCfg) -> None:
+    if not cfg.data.path:
+        raise ConfigError("no source folder given; pass --source FOLDER (labelled class sub-folders)")
+    if not acfg.target:
+        raise ConfigError("no target folder given; pass --target FOLDER (unlabelled target-domain images)")
+    if cfg.strategy.name == "auto":
+        raise ConfigError("adapt needs an explicit strategy (e.g. finetune); 'auto' is for train")
+    if cfg.strategy.l2sp:
+        raise ConfigError("adapt does not support strategy.l2sp (the pull toward the pretrained weights); set it to 0")
+    if acfg.method in JOINT and cfg.strategy.name == "feature-extraction":
+        raise StrategyError(
+            f"--method {acfg.method} adapts the backbone's features, but feature-extraction freezes the backbone; "
+            "use --strategy finetune (or partial), or --method adabn"
+        )
 
 
 class Adapter:
-    """Runs one adaptation end to end: ``Adapter(cfg, acfg).fit()`` -> RunResult.
+    """One adaptation end to end: ``Adapter(cfg, acfg).fit()`` -> RunResult (a Trainer with an AdaptHook).
 
     Args:
         cfg: the shared run configuration; ``data.path`` is the labelled source folder and
@@ -62,259 +318,15 @@ class Adapter:
         acfg: the adaptation settings (target folder, method, ...).
         run_dir: the run folder (default ``cfg.out`` or ``runs/<time>-adapt-<method>``).
         quiet: no console output.
-        baseline_from: an earlier ``adapt`` run folder whose source-only baseline (same source, split,
-            backbone and seed) is reused instead of training it again.
+        baseline_from: an earlier ``adapt`` run folder whose source-only baseline is reused.
     """
 
     def __init__(self, cfg: RunCfg, acfg: AdaptCfg, run_dir: str | Path | None = None, quiet: bool = False,
                  baseline_from: str | Path | None = None) -> None:
-        if not cfg.data.path:
-            raise ConfigError("no source folder given; pass --source FOLDER (labelled class sub-folders)")
-        if not acfg.target:
-            raise ConfigError("no target folder given; pass --target FOLDER (unlabelled target-domain images)")
-        if cfg.strategy.name == "auto":
-            raise ConfigError("adapt needs an explicit strategy (e.g. finetune); 'auto' is for train")
-        if cfg.strategy.l2sp:
-            raise ConfigError("adapt does not support strategy.l2sp (the pull toward the pretrained weights); set it to 0")
-        if acfg.method in ("dann", "coral") and cfg.strategy.name == "feature-extraction":
-            raise StrategyError(
-                f"--method {acfg.method} adapts the backbone's features, but feature-extraction freezes the backbone; "
-                "use --strategy finetune (or partial), or --method adabn"
-            )
-        self.cfg, self.acfg = cfg, acfg
-        self.run_dir = Path(run_dir or cfg.out or default_run_dir(f"adapt-{acfg.method}"))
-        self.reporter = Reporter(quiet=quiet)
-        self.device = pick_device(cfg.engine.device)
-        self.baseline_from = None if baseline_from is None else Path(baseline_from)
-        self.skipped: dict[str, str] = {}
-        self.step = 0
-        self.epoch = 0
-        self.adabn_images = 0  # target images the final BatchNorm statistics come from (0: AdaBN not applied)
-
-    # --- set-up -------------------------------------------------------------------------------
-
-    def _setup(self) -> None:
-        cfg = self.cfg
-        seed_everything(cfg.engine.seed)
-        self.spec = resolve_spec(cfg.model.backbone, cfg.model.weights).with_input_size(
-            cfg.model.input_size).with_normalization(cfg.model.mean, cfg.model.std)
-        draft = resize_size(self.spec)
-        self.data = prepare_data(cfg.data, draft_size=draft, select=cfg.engine.select)
-        self.target, target_skipped = unlabelled_samples(self.acfg.target, draft, check=cfg.data.validate)
-        self.eval_samples: list = []
-        eval_skipped: list = []
-        if self.acfg.target_eval:
-            self.eval_samples, eval_skipped = labelled_eval_samples(self.acfg.target_eval, self.data.classes, draft)
-        for path, reason in list(self.data.skipped) + target_skipped + eval_skipped:
-            self.skipped[path] = reason
-        self.model = build_model(self.spec, len(self.data.classes), head=cfg.model.head, hidden=cfg.model.head_hidden,
-                                 dropout=cfg.model.dropout, pretrained=cfg.model.pretrained and cfg.strategy.name != "scratch",
-                                 weights=None if cfg.strategy.name == "scratch" else cfg.model.weights).to(self.device)
-        if cfg.engine.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.index = index_groups(self.model)
-        self.plan = make_plan(cfg.strategy, self.index.names[:-1], cfg.engine.epochs)
-        self.steps_per_epoch = max(1, math.ceil(len(self.data.train) / cfg.engine.batch_size))
-
-    def _write_header(self) -> None:
-        run = self.run_dir
-        if (run / "summary.json").exists():
-            raise ConfigError(f"{run} already holds a finished run; choose another --out or delete it")
-        run.mkdir(parents=True, exist_ok=True)
-        write_text(run / "config.yaml", yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False))
-        write_text(run / "adapt.yaml", yaml.safe_dump(self.acfg.to_dict(), sort_keys=False))
-        write_json(run / "classes.json", self.data.classes)
-        split = self.data.split_record()
-        split["target"] = [s.path for s in self.target]  # paths only: the target's labels are not read
-        split["target_eval"] = [[s.path, s.label] for s in self.eval_samples]
-        write_json(run / "split.json", split)
-        write_json(run / "plan.json", self.plan.to_dict())
-        write_json(run / "backbone.json", self.spec.to_dict())
-
-    def _head_meta(self) -> dict[str, Any]:
-        m = self.cfg.model
-        return {"kind": m.head, "hidden": m.head_hidden, "dropout": m.dropout}
-
-    def _on_failed(self, dataset: ImageDataset):
-        def handle(failed: list[tuple[int, str]]) -> None:
-            for index, reason in failed:
-                self.skipped.setdefault(dataset.samples[index].path, reason)
-
-        return handle
-
-    def _ctx(self, optimizer: torch.optim.Optimizer, base_lr: float, schedule, extra: list[torch.optim.Optimizer] = ()) -> StepContext:
-        def set_lr(step: int) -> None:
-            factor = schedule(step)
-            for opt in (optimizer, *extra):
-                set_learning_rates(opt, base_lr, factor)
-
-        e, o = self.cfg.engine, self.cfg.optim
-        return StepContext(optimizer=optimizer, set_lr=set_lr, device=self.device, amp=e.amp, channels_last=e.channels_last,
-                           grad_clip=o.grad_clip, label_smoothing=o.label_smoothing)
-
-    def _apply_plan(self, plan: Plan, optimizer: torch.optim.Optimizer, epoch: int) -> None:
-        """The engine's plan, except that under BatchNorm 'train' every BatchNorm layer stays live.
-
-        The engine pins the BatchNorm of frozen layer groups (their statistics never move). For adaptation
-        BatchNorm statistics are domain statistics rather than weights: with frozen lower groups they must
-        still follow the domain of the batch, or per-domain batches and AdaBN would only reach the top.
-        """
-        apply_plan(self.model, self.index, optimizer, plan, epoch)
-        if plan.bn == "train":
-            self.model.pin_batchnorm([])
-
-    def _source_dataset(self) -> ImageDataset:
-        return ImageDataset(self.data.train, train_transform(self.spec, self.cfg.data.augment), resize_size(self.spec))
-
-    def _selection_metrics(self) -> dict[str, Any]:
-        """Source selection-split metrics of the current weights, as train's metrics.jsonl has them per epoch
-        ({} under ``engine.select last``: there is no selection split). Logged only; nothing is chosen on them."""
-        if not self.data.selection:
-            return {}
-        e = self.cfg.engine
-        dataset = ImageDataset(self.data.selection, eval_transform(self.spec), resize_size(self.spec))
-        out = predict_loader(self.model, make_loader(dataset, e.batch_size * 2, False, 0, 0, self.cfg.data.workers),
-                             self.device, e.amp, e.channels_last, self._on_failed(dataset))
-        return {f"selection_{k}": v for k, v in summary_metrics(out["labels"], out["outputs"], len(self.data.classes)).items()}
-
-    def _log(self, record: dict[str, Any]) -> None:
-        record.update(self._selection_metrics())
-        append_jsonl(self.run_dir / "metrics.jsonl", record)
-        quiet_keys = ("time_s", "selection_balanced_accuracy", "selection_macro_f1", "selection_roc_auc")
-        parts = [f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float) and k not in quiet_keys]
-        self.reporter.say(f"[{record['phase']}] epoch {record['epoch']}: " + "  ".join(parts) + f"  {record['time_s']:.0f}s")
-
-    # --- phases --------------------------------------------------------------------------------
-
-    def _train_baseline(self) -> None:
-        """Source-only training with the engine's loop, schedule and plan (or reuse an earlier baseline)."""
-        if self.baseline_from is not None:
-            self._load_baseline()
-            return
-        cfg = self.cfg
-        optimizer = build_optimizer(self.index, cfg.optim, backbone_weight_decay=None)
-        total = self.steps_per_epoch * cfg.engine.epochs
-        warmup = int(round(cfg.optim.lr_warmup_epochs * self.steps_per_epoch))
-        ctx = self._ctx(optimizer, cfg.optim.lr, lambda s: lr_factor(s, total, warmup, cfg.optim.min_lr_ratio))
-        dataset = self._source_dataset()
-        for epoch in range(cfg.engine.epochs):
-            tick = time.perf_counter()
-            self._apply_plan(self.plan, optimizer, epoch)
-            torch.manual_seed(_epoch_seed(cfg.engine.seed, epoch))
-            loader = make_loader(dataset, cfg.engine.batch_size, True, cfg.engine.seed, epoch, cfg.data.workers)
-            with self.reporter.epoch_bar(epoch, cfg.engine.epochs, len(loader)) as advance:
-                out = train_one_epoch(self.model, loader, ctx, self.step, self._on_failed(dataset), advance)
-            self.step += out["steps"]
-            self.epoch += 1
-            self._log({"phase": "source-only", "epoch": self.epoch, "train_loss": out["loss"],
-                       "train_accuracy": out["accuracy"], "time_s": time.perf_counter() - tick})
-        save_model(self.run_dir, self.model, self.data.classes, self._head_meta(), name=BASELINE_FILE)
-
-    def _load_baseline(self) -> None:
-        other = load_run(self.baseline_from, weights_name=BASELINE_FILE)
-        if other.classes != self.data.classes or other.spec.input_size != self.spec.input_size or other.spec.arch != self.spec.arch:
-            raise ConfigError(
-                f"--baseline-from {self.baseline_from}: its baseline ({other.spec.name}, {other.spec.input_size}px, "
-                f"classes {other.classes}) does not match this run ({self.spec.name}, {self.spec.input_size}px, "
-                f"classes {self.data.classes}); train the baseline here instead"
-            )
-        self.model.load_state_dict(other.model.state_dict())
-        save_model(self.run_dir, self.model, self.data.classes, self._head_meta(), name=BASELINE_FILE)
-        self.reporter.say(f"source-only baseline reused from {self.baseline_from}")
-
-    def _target_dataset(self, train: bool) -> ImageDataset:
-        """Unlabelled target images: augmented like the source for training, plain for AdaBN."""
-        limit = self.acfg.adabn_images or len(self.target)
-        transform = train_transform(self.spec, self.cfg.data.augment) if train else eval_transform(self.spec)
-        return ImageDataset(self.target if train else self.target[:limit], transform, resize_size(self.spec))
-
-    def _adabn(self) -> int:
-        """Re-estimate BatchNorm statistics on the (un-augmented) unlabelled target images."""
-        e = self.cfg.engine
-        dataset = self._target_dataset(train=False)
-        loader = make_loader(dataset, e.batch_size * 2, False, e.seed, 0, self.cfg.data.workers)
-        n = adabn(self.model, loader, self.device, e.channels_last)
-        self.reporter.say(f"AdaBN: BatchNorm statistics re-estimated on {n} target images")
-        return n
-
-    def _adapt_plan(self) -> Plan:
-        """Warm start: the baseline's last row for every adaptation epoch; cold start: the strategy's plan."""
-        epochs = self.acfg.epochs
-        if not self.acfg.warm_start:
-            return make_plan(self.cfg.strategy, self.index.names[:-1], epochs)
-        return Plan(self.plan.strategy, self.plan.groups, (self.plan.scales[-1],) * epochs, self.plan.bn, self.plan.pretrained)
-
-    def _joint_setup(self) -> tuple[JointSpec, torch.optim.Optimizer, StepContext]:
-        """Fresh optimizer(s) for the adaptation phase, the discriminator (DANN) and the LR schedule.
-
-        Schedule ``dann``: mu_p = mu_0 / (1 + 10 p) ** 0.75 over the phase's progress p (Ganin et al.; AdamW
-        instead of their SGD with momentum, as everywhere in the engine); ``cosine``: the engine's decay.
-        The discriminator has its own AdamW on the same schedule, at ``disc_lr_scale`` x the head's rate.
-        """
-        cfg, acfg = self.cfg, self.acfg
-        optimizer = build_optimizer(self.index, cfg.optim)
-        first, phase_steps = self.step, self.steps_per_epoch * acfg.epochs
-        spec = JointSpec(acfg.method, first, phase_steps, acfg.per_domain_bn, acfg.lambda_max, acfg.coral_weight)
-        extra: list[torch.optim.Optimizer] = []
-        lr = acfg.lr or cfg.optim.lr
-        if acfg.method == "dann":
-            spec.discriminator = DomainDiscriminator(self.spec.feature_dim, acfg.disc_hidden, acfg.disc_layers,
-                                                     acfg.disc_dropout).to(self.device)
-            spec.disc_optimizer = torch.optim.AdamW(
-                [{"params": list(spec.discriminator.parameters()), "lr_scale": acfg.disc_lr_scale}],
-                lr=lr, weight_decay=cfg.optim.weight_decay)
-            extra.append(spec.disc_optimizer)
-        if acfg.lr_schedule == "dann":
-            schedule = lambda s: dann_lr_factor((s - first) / phase_steps)  # noqa: E731
-        else:
-            schedule = lambda s: lr_factor(s - first, phase_steps, 0, cfg.optim.min_lr_ratio)  # noqa: E731
-        return spec, optimizer, self._ctx(optimizer, lr, schedule, extra)
-
-    def _train_joint(self) -> None:
-        """CORAL or DANN on balanced source + target batches (one target batch per source batch)."""
-        cfg, acfg = self.cfg, self.acfg
-        if not acfg.warm_start:
-            fresh = build_model(self.spec, len(self.data.classes), head=cfg.model.head, hidden=cfg.model.head_hidden,
-                                dropout=cfg.model.dropout, pretrained=cfg.model.pretrained, weights=cfg.model.weights)
-            self.model.load_state_dict(fresh.state_dict())
-        plan = self._adapt_plan()
-        spec, optimizer, ctx = self._joint_setup()
-        source = self._source_dataset()
-        target = cycle_batches(self._target_dataset(train=True), cfg.engine.batch_size, cfg.engine.seed * 7 + 1, 0,
-                               cfg.data.workers)
-        for epoch in range(acfg.epochs):
-            tick = time.perf_counter()
-            self._apply_plan(plan, optimizer, epoch)
-            torch.manual_seed(_epoch_seed(cfg.engine.seed, self.epoch))
-            loader = make_loader(source, cfg.engine.batch_size, True, cfg.engine.seed, self.epoch, cfg.data.workers)
-            with self.reporter.epoch_bar(epoch, acfg.epochs, len(loader)) as advance:
-                out = joint_epoch(self.model, loader, target, ctx, spec, self.step, self._on_failed(source), advance)
-            self.step += out["steps"]
-            self.epoch += 1
-            head_lr = next(g["lr"] for g in optimizer.param_groups if g["layer_group"] == "head")
-            self._log({"phase": acfg.method, "epoch": self.epoch, "train_loss": out["loss"], "train_accuracy": out["accuracy"],
-                       "adapt_loss": out["adapt_loss"], "domain_accuracy": out["domain_accuracy"], "lambda": out["lambda"],
-                       "lr_head": head_lr, "time_s": time.perf_counter() - tick})
-
-    # --- the whole run -------------------------------------------------------------------------
+        _check(cfg, acfg)
+        self.hook = AdaptHook(acfg, baseline_from)
+        run = run_dir or cfg.out or default_run_dir(f"adapt-{acfg.method}")
+        self.trainer = Trainer(cfg, run_dir=run, quiet=quiet, hooks=[self.hook])
 
     def fit(self) -> RunResult:
-        """Baseline, adaptation, evaluation, figures; returns the run folder and its summary."""
-        started = time.perf_counter()
-        self._setup()
-        self._write_header()
-        trainable, total = count_parameters(self.index, self.plan)
-        d = self.data
-        self.reporter.say(f"source: {len(d.train)} train / {len(d.selection)} selection / {len(d.test)} test, {len(d.classes)} classes; "
-                          f"target: {len(self.target)} unlabelled images; method {self.acfg.method}; run folder {self.run_dir}")
-        self._train_baseline()
-        baseline_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        if self.acfg.method in ("coral", "dann"):
-            self._train_joint()
-        after = self.plan.bn == "train" if self.acfg.adabn is None else self.acfg.adabn
-        if self.acfg.method == "adabn" or (self.acfg.method in ("coral", "dann") and after):
-            self.adabn_images = self._adabn()
-        save_model(self.run_dir, self.model, self.data.classes, self._head_meta())
-        results = evaluate_models(self, baseline_state)
-        summary = write_results(self, results, trainable, total, time.perf_counter() - started)
-        return RunResult(self.run_dir, summary)
+        return self.trainer.fit()

@@ -27,6 +27,8 @@ __all__ = [
     "trim_metrics_log",
     "prepare_fresh_run",
     "verify_split",
+    "flatten_optimizer",
+    "unflatten_optimizer",
     "STATE_TENSORS",
     "STATE_META",
     "METRICS_LOG",
@@ -37,7 +39,7 @@ STATE_META = "last_state.json"
 METRICS_LOG = "metrics.jsonl"
 
 
-def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     state = optimizer.state_dict()
     tensors, scalars = {}, {}
     for pid, pstate in state["state"].items():
@@ -50,7 +52,7 @@ def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     return tensors, {"param_groups": groups, "scalars": scalars}
 
 
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         if name.startswith("optim."):
@@ -62,17 +64,20 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_training_state(run_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, info: dict[str, Any]) -> None:
+def save_training_state(run_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, info: dict[str, Any],
+                        hook_tensors: dict[str, torch.Tensor] | None = None) -> None:
     """Write model + optimizer tensors and the info describing them with one atomic rename (the commit point).
 
+    ``hook_tensors``: a trainer hook's own state (e.g. a second network), committed in the same file.
     ``last_state.json`` is a readable copy of ``info`` for people; it is never read back.
     """
     from safetensors.torch import save_file
 
     run = Path(run_dir)
-    opt_tensors, opt_meta = _flatten_optimizer(optimizer)
+    opt_tensors, opt_meta = flatten_optimizer(optimizer)
     tensors = {f"model.{k}": v for k, v in state_dict_cpu(model).items()}
     tensors.update(opt_tensors)
+    tensors.update({f"hook.{k}": v.detach().to("cpu").contiguous() for k, v in (hook_tensors or {}).items()})
     tensors["rng.torch"] = torch.get_rng_state()
     record = json.dumps({"optimizer": opt_meta, **info}, default=str)
     # One file, one atomic rename: the tensors and the JSON that describes them can never disagree.
@@ -119,17 +124,22 @@ def trim_metrics_log(run_dir: str | Path, epochs_done: int) -> int:
     return len(lines) - len(keep)
 
 
-def load_training_state(run_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def load_training_state(run_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                        hook_tensors: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """Restore model + optimizer from the last complete state; returns the JSON info.
+
+    ``hook_tensors``: filled with the hook tensors saved by :func:`save_training_state`.
 
     Also trims metrics.jsonl back to the restored epoch (see the module docstring).
     """
     run = Path(run_dir)
     info, tensors = _read_state(run)
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    if hook_tensors is not None:
+        hook_tensors.update({k[len("hook."):]: v for k, v in tensors.items() if k.startswith("hook.")})
     try:
         model.load_state_dict(model_state, strict=True)
-        optimizer.load_state_dict(_unflatten_optimizer(tensors, info.pop("optimizer")))
+        optimizer.load_state_dict(unflatten_optimizer(tensors, info.pop("optimizer")))
         torch.set_rng_state(tensors["rng.torch"])
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

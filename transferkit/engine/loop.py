@@ -11,6 +11,7 @@ from torch import nn
 
 # device choice, autocast and batched inference live in models.runtime (the features layer uses them too);
 # re-exported here because the loops and their callers read them as part of the engine's vocabulary
+from transferkit.engine.hooks import Objective
 from transferkit.models.runtime import autocast_for, pick_device, predict_loader, to_device
 
 __all__ = ["StepContext", "optimizer_step", "train_one_epoch", "predict_loader", "autocast_for", "pick_device"]
@@ -52,22 +53,33 @@ def train_one_epoch(
     start_step: int,
     on_failed: Callable[[list[tuple[int, str]]], None],
     on_batch: Callable[[float], None] | None = None,
+    objective: Objective | None = None,
 ) -> dict[str, float]:
-    """One pass over ``batches``; returns mean loss and accuracy over the samples seen."""
+    """One pass over ``batches``; returns mean loss and accuracy over the samples seen.
+
+    ``objective`` replaces plain cross-entropy as the step's loss (e.g. a domain-adaptation loss); the
+    loop, the optimizer step and the bookkeeping stay the same. Its ``epoch_record()`` joins the result.
+    """
     model.train()
     step, total_loss, correct, seen = start_step, 0.0, 0, 0
+    min_batch = 0 if objective is None else objective.min_batch
     for batch in batches:
         if batch["failed"]:
             on_failed(batch["failed"])
-        if batch["images"] is None:
+        if batch["images"] is None or batch["images"].shape[0] < min_batch:
             continue
         images, labels = to_device(batch, ctx.device, ctx.channels_last)
-        with autocast_for(ctx.device, ctx.amp):
-            logits = model(images)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=ctx.label_smoothing)
+        if objective is None:
+            with autocast_for(ctx.device, ctx.amp):
+                logits = model(images)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=ctx.label_smoothing)
+        else:
+            loss, logits = objective.loss(model, images, labels, step, ctx)
         if ctx.extra_loss is not None:
             loss = loss + ctx.extra_loss()
         optimizer_step(ctx, loss, step)
+        if objective is not None:
+            objective.after_step()
         step += 1
         n = labels.numel()
         total_loss += float(loss.detach()) * n
@@ -75,4 +87,5 @@ def train_one_epoch(
         seen += n
         if on_batch is not None:
             on_batch(float(loss.detach()))
-    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1), "steps": step - start_step, "seen": seen}
+    out = {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1), "steps": step - start_step, "seen": seen}
+    return out if objective is None else {**out, **objective.epoch_record()}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import json
 import logging
 import math
 import random
@@ -20,6 +22,7 @@ from transferkit.data.datasets import DataSplits, ImageDataset, cpu_plan, make_l
 from transferkit.data.transforms import augment_seed, eval_transform, resize_size, train_transform
 from transferkit.data.gpu import EncodedDataset, GpuPreprocessor, collate_encoded
 from transferkit.engine import distributed as ddp
+from transferkit.engine.hooks import HOOKS_FILE, TrainerHook
 from transferkit.engine.checkpoint import load_training_state, prepare_fresh_run, save_training_state, verify_split
 from transferkit.engine.loop import StepContext, pick_device, predict_loader, train_one_epoch
 from transferkit.engine.oom import oom_guard
@@ -63,6 +66,20 @@ def default_run_dir(strategy: str) -> Path:
     return Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{strategy}"
 
 
+def _hooks_of_run(run: Path, cfg: RunCfg) -> list[TrainerHook]:
+    """The hooks a run folder was started with (its hooks.json), rebuilt by their factories for resume."""
+    path = run / HOOKS_FILE
+    if not path.is_file():
+        return []
+    hooks = []
+    for factory in json.loads(path.read_text(encoding="utf-8")):
+        module, _, name = str(factory).partition(":")
+        if not module.startswith("transferkit.") or not name:
+            raise ConfigError(f"{path}: {factory!r} is not a transferkit hook factory ('transferkit.module:function')")
+        hooks.append(getattr(importlib.import_module(module), name)(run, cfg))
+    return hooks
+
+
 def _epoch_seed(seed: int, epoch: int) -> int:
     """Dropout / main-process augmentation randomness: a pure function of (seed, epoch) for resume."""
     return (seed * 1_000_003 + epoch * 7_919) % (2**63)
@@ -96,9 +113,11 @@ class Trainer:
     """Runs one configuration end to end. ``Trainer(cfg).fit()`` or ``Trainer.resume(run_dir).fit()``."""
 
     def __init__(self, cfg: RunCfg, run_dir: str | Path | None = None, quiet: bool = False,
-                 after_fit: Sequence[Callable[[Path, torch.nn.Module], None]] = ()) -> None:
+                 after_fit: Sequence[Callable[[Path, torch.nn.Module], None]] = (),
+                 hooks: Sequence[TrainerHook] = ()) -> None:
         """``after_fit``: called on the main process with (run folder, selected model) once summary.json is
-        written; transferkit.workflow passes the report writer (the engine never imports the report stack)."""
+        written; transferkit.workflow passes the report writer (the engine never imports the report stack).
+        ``hooks``: plug-ins (:mod:`transferkit.engine.hooks`), e.g. transferkit.adapt's domain adaptation."""
         if cfg.strategy.name == AUTO:
             raise ConfigError("strategy 'auto' must be resolved by the recommender before training (use transferkit.train)")
         check_strategy_name(cfg.strategy.name)  # the strategy registry, before anything is loaded
@@ -117,6 +136,7 @@ class Trainer:
         self.state = _State()
         self._resuming = False
         self.after_fit = tuple(after_fit)
+        self.hooks = tuple(hooks)
 
     @classmethod
     def resume(cls, run_dir: str | Path, quiet: bool = False,
@@ -126,7 +146,7 @@ class Trainer:
         if not cfg_path.is_file():
             raise ConfigError(f"{run} is not a run folder (no config.yaml); pass the --out folder of an earlier run")
         cfg = config_from_dict(yaml.safe_load(cfg_path.read_text(encoding="utf-8")))
-        trainer = cls(cfg, run_dir=run, quiet=quiet, after_fit=after_fit)
+        trainer = cls(cfg, run_dir=run, quiet=quiet, after_fit=after_fit, hooks=_hooks_of_run(run, cfg))
         trainer._resuming = True
         return trainer
 
@@ -152,6 +172,9 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.index: GroupIndex = index_groups(self.model)
         self.plan: Plan = make_plan(cfg.strategy, self.index.names[:-1], cfg.engine.epochs)
+        for hook in self.hooks:
+            self.plan = hook.plan(self, self.plan)
+        self.epochs = len(self.plan.scales)  # engine.epochs, unless a hook appends a phase
         bn_trains = self.plan.bn == "train" and any(self.index.batchnorms.get(g) for g in self.plan.ever_trainable())
         self.sync_bn = ddp.use_sync_bn(cfg.engine.sync_bn, self.dist, self.device, bn_trains)
         if self.sync_bn:  # before the optimizer: the conversion replaces the BatchNorm modules
@@ -174,6 +197,8 @@ class Trainer:
         self.train_model = ddp.wrap_for_training(
             self.model, [p for g in ever for p in params[g]], [p for g in params if g not in ever for p in params[g]],
             self.dist, self.device, cfg.engine.compile)
+        for hook in self.hooks:
+            hook.on_setup(self)
 
     def _uses_cache(self, epoch: int) -> bool:
         return self.cached is not None and self.cached.covers(epoch)
@@ -197,6 +222,11 @@ class Trainer:
         write_json(run / "split.json", self.data.split_record())
         write_json(run / "plan.json", self.plan.to_dict())
         write_json(run / "backbone.json", self.spec.to_dict())
+        factories = [h.factory for h in self.hooks if h.factory]
+        if factories:
+            write_json(run / HOOKS_FILE, factories)
+        for hook in self.hooks:
+            hook.on_header(self)
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -222,7 +252,7 @@ class Trainer:
         interrupted = False
         try:
             with oom_guard(self.cfg.engine.batch_size, "training"):
-                while self.state.epoch < self.cfg.engine.epochs and not self._early_stop():
+                while self.state.epoch < self.epochs and not self._early_stop():
                     self._run_epoch(self.state.epoch)
         except KeyboardInterrupt:
             interrupted = True
@@ -234,7 +264,10 @@ class Trainer:
             return self._fit_probe(epoch)
         cfg, state = self.cfg, self.state
         apply_plan(self.model, self.index, self.optimizer, self.plan, epoch, toggle_requires_grad=not self.dist.enabled)
+        for hook in self.hooks:
+            hook.on_epoch_start(self, epoch)
         torch.manual_seed(_epoch_seed(cfg.engine.seed, epoch))
+        objective = next((o for o in (h.objective(self, epoch) for h in self.hooks) if o is not None), None)
         tick = time.perf_counter()
         if self._uses_cache(epoch):
             model, loader, on_failed = self.model.head, self.cached.train_batches(epoch), self._skip_many
@@ -243,7 +276,7 @@ class Trainer:
             model = self.train_model
         ctx = StepContext(
             optimizer=self.optimizer,
-            set_lr=lambda step: set_learning_rates(
+            set_lr=objective.set_lr if objective is not None and objective.set_lr else lambda step: set_learning_rates(
                 self.optimizer, cfg.optim.lr, lr_factor(step, self.total_steps, self.warmup_steps, cfg.optim.min_lr_ratio)
             ),
             device=self.device,
@@ -254,8 +287,8 @@ class Trainer:
             extra_loss=self._l2sp_loss if self.l2sp_anchor else None,
             drop_grads_of=self._frozen_now(epoch) if self.dist.enabled else [],
         )
-        with self.reporter.epoch_bar(epoch, cfg.engine.epochs, len(loader)) as advance:
-            train = train_one_epoch(model, loader, ctx, state.step, on_failed, advance)
+        with self.reporter.epoch_bar(epoch, self.epochs, len(loader)) as advance:
+            train = train_one_epoch(model, loader, ctx, state.step, on_failed, advance, objective)
         state.step += train["steps"]
         train = self._reduce_train_stats(train)
         chosen = self._score_selection(cached=self._uses_cache(epoch))
@@ -268,12 +301,19 @@ class Trainer:
             "trainable_groups": self.plan.trainable_groups(epoch),
             "time_s": time.perf_counter() - tick,
         }
+        record.update({k: v for k, v in train.items() if k not in ("loss", "accuracy", "steps", "seen")})
         state.epoch = epoch + 1
         self._track_best(chosen, epoch)
-        self.reporter.epoch_line(record, improved=state.best_epoch == epoch)
+        self._end_epoch(epoch, record)
+
+    def _end_epoch(self, epoch: int, record: dict[str, Any]) -> None:
+        """Hooks see the record; it is printed and logged, and the checkpoint committed (rank 0 writes)."""
+        for hook in self.hooks:
+            hook.on_epoch_end(self, epoch, record)
+        self.reporter.epoch_line(record, improved=self.state.best_epoch == epoch)
         if self.dist.main:  # only rank 0 writes the run folder
             append_jsonl(self.run_dir / "metrics.jsonl", record)
-            save_training_state(self.run_dir, self.model, self.optimizer, self._state_info())
+            save_training_state(self.run_dir, self.model, self.optimizer, self._state_info(), self._hook_tensors())
         ddp.barrier()
 
     def _fit_probe(self, epoch: int) -> None:
@@ -306,10 +346,7 @@ class Trainer:
                   "time_s": time.perf_counter() - tick}
         state.epoch = done
         self._track_best(chosen, done - 1)
-        self.reporter.epoch_line(record, improved=state.best_epoch == done - 1)
-        if self.dist.main:
-            append_jsonl(self.run_dir / "metrics.jsonl", record)
-            save_training_state(self.run_dir, self.model, self.optimizer, self._state_info())
+        self._end_epoch(done - 1, record)
 
     def _selection_score(self, labels: np.ndarray, probs: np.ndarray) -> float:
         """The monitored metric, as _track_best ranks epochs (None counts as 0)."""
@@ -384,7 +421,7 @@ class Trainer:
         return self._evaluate(self.data.selection, cached=cached)["metrics"] if self.data.selection else {}
 
     def _track_best(self, metrics: dict[str, Any], epoch: int) -> None:
-        if self.cfg.engine.select == "last":  # a fixed budget: the latest epoch is the model
+        if self.cfg.engine.select == "last" or any(h.fixed_budget for h in self.hooks):  # the latest epoch is the model
             self.state.best_epoch, self.state.stale = epoch, 0
             if self.dist.main:
                 save_model(self.run_dir, self.model, self.data.classes, self._head_meta())
@@ -410,7 +447,8 @@ class Trainer:
 
     def _state_info(self) -> dict[str, Any]:
         s = self.state
-        return {
+        hooks = {"hooks": [hook.state()[0] for hook in self.hooks]} if self.hooks else {}
+        return {**hooks,
             "epoch": s.epoch,
             "step": s.step,
             "best_key": list(s.best_key) if s.best_key else None,
@@ -420,21 +458,31 @@ class Trainer:
             "head_fit": s.head_fit,
         }
 
+    def _hook_tensors(self) -> dict[str, torch.Tensor]:
+        return {f"{i}.{k}": v for i, hook in enumerate(self.hooks) for k, v in hook.state()[1].items()}
+
     def _restore(self) -> None:
         verify_split(self.run_dir, self.data.split_record())  # same images and classes, or the replay is not the run
-        info = load_training_state(self.run_dir, self.model, self.optimizer)
+        tensors: dict[str, torch.Tensor] = {}
+        info = load_training_state(self.run_dir, self.model, self.optimizer, tensors)
+        for i, (hook, hook_info) in enumerate(zip(self.hooks, info.get("hooks") or [{}] * len(self.hooks))):
+            hook.load_state(hook_info, {k.partition(".")[2]: v for k, v in tensors.items() if k.partition(".")[0] == str(i)})
         s = self.state
         s.epoch, s.step, s.best_epoch, s.stale = info["epoch"], info["step"], info["best_epoch"], info["stale"]
         s.best_key = tuple(info["best_key"]) if info["best_key"] else None
         s.skipped.update(info.get("skipped", {}))
         s.head_fit = info.get("head_fit")
-        self.reporter.say(f"resuming {self.run_dir} after epoch {s.epoch} of {self.cfg.engine.epochs}")
+        self.reporter.say(f"resuming {self.run_dir} after epoch {s.epoch} of {self.epochs}")
 
     # --- the end --------------------------------------------------------------------------------
 
     def _finish(self, started: float, trainable: int, total: int, interrupted: bool) -> RunResult:
         from transferkit.export.runfiles import load_run
 
+        for hook in self.hooks:
+            result = hook.finish(self, started, trainable, total, interrupted)
+            if result is not None:
+                return result
         if self.state.best_epoch < 0:
             raise TransferKitError("the run stopped before finishing its first epoch; nothing was saved")
         best = load_run(self.run_dir, device=str(self.device))

@@ -205,3 +205,27 @@ def test_adapt_config_refuses_unknown_and_invalid_options() -> None:
     with pytest.raises(ConfigError, match="method"):
         AdaptCfg(method="mmd")
     assert AdaptCfg(method="coral", coral_weight=2.0).coral_weight == 2.0
+
+
+# --- one orchestrator --------------------------------------------------------------------------------
+
+
+def test_no_epoch_loop_exists_twice() -> None:
+    """The Trainer's loop (engine.loop.train_one_epoch, called from Trainer._run_epoch) is the only one:
+    adapt contributes a step objective and a hook, no loop of its own, and no other optimizer step."""
+    import ast
+
+    import transferkit
+
+    root = Path(transferkit.__file__).parent
+    assert not (root / "adapt" / "loop.py").exists()
+    callers: dict[str, set[str]] = {"train_one_epoch": set(), "optimizer_step": set()}
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call):
+                name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+                if name in callers:
+                    callers[name].add(str(path.relative_to(root)))
+    assert callers == {"train_one_epoch": {"engine/trainer.py"}, "optimizer_step": {"engine/loop.py"}}
+    adapt_sources = "".join(p.read_text(encoding="utf-8") for p in (root / "adapt").glob("*.py"))
+    assert "StepContext(" not in adapt_sources and "build_optimizer(self.index" not in adapt_sources
