@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from transferkit.fileio import portable_paths
-from transferkit.recommend import recommend
+from transferkit.recommender import recommend
 
 ROOT = Path(os.environ.get("TRANSFERKIT_DATASETS") or Path(__file__).resolve().parents[2] / "shared" / "datasets")
 DATASETS = ["hymenoptera", "flowers", "neu_surface_defects", "mnist_to_mnistm/mnist/train", "mnist_to_mnistm/mnistm/train"]
