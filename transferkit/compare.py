@@ -18,14 +18,12 @@ import math
 import statistics
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-import numpy as np
 import yaml
 
 from transferkit.errors import ConfigError
 from transferkit.fileio import write_json, write_text
-from transferkit.metrics.intervals import paired_difference, seed_image_interval
 from transferkit.strategy.plan import default_comparison  # light: config, errors, registry; no torch
 
 __all__ = ["compare", "comparison_table", "paired_verdicts", "differing_settings", "DEFAULT_STRATEGIES", "METRICS"]
@@ -125,8 +123,16 @@ def differing_settings(result: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+# numpy and the interval code load when verdicts are computed: the package __init__ exports compare eagerly
+# (a lazy name would be shadowed by this module), and `transferkit --help` must not pay for numpy
+if TYPE_CHECKING:
+    import numpy as np
+
+
 def _predictions(run_dir: Path) -> tuple[str, list[str], np.ndarray, np.ndarray]:
     """(split, paths, labels, probs) of the test split a run reports (chose nothing), sorted by path."""
+    import numpy as np
+
     for split in ("test",):
         path = run_dir / f"{split}_predictions.json"
         if path.is_file():
@@ -139,6 +145,10 @@ def _predictions(run_dir: Path) -> tuple[str, list[str], np.ndarray, np.ndarray]
 
 def paired_verdicts(result: Mapping[str, Any], metric: str = "accuracy", n_resamples: int = 2000) -> dict[str, Any]:
     """Per strategy: mean ``metric`` with a seed+image interval, and the paired difference to the best strategy."""
+    import numpy as np
+
+    from transferkit.metrics.intervals import paired_difference, seed_image_interval
+
     loaded = {name: [_predictions(Path(d)) for d in row["run_dirs"]] for name, row in result["strategies"].items()}
     reference = next(iter(loaded.values()))[0]
     for name, runs in loaded.items():

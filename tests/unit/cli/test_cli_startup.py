@@ -104,3 +104,16 @@ def test_public_names_are_not_shadowed_by_submodules():
         except ModuleNotFoundError:
             pass
         assert callable(getattr(tk, name)), f"transferkit.{name} is a module, not the API function"
+
+
+def test_help_does_not_load_numpy():
+    """`transferkit --help` stays light: numpy (and with it the interval code) loads when a command needs it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from typer.testing import CliRunner; from transferkit.cli import app; "
+            "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output; "
+            "print('numpy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False"
