@@ -60,7 +60,8 @@ def main() -> None:
                             **settings)
         first = result["strategies"][STRATEGIES[0]]["runs"][0]
         results[name] = portable_paths({
-            "command": ".venv/bin/python benchmarks/accuracy.py" + (f" --datasets {name}" if args.datasets != ",".join(EPOCHS) else ""),
+            "command": ".venv/bin/python benchmarks/accuracy.py" + (f" --datasets {name}" if args.datasets != ",".join(EPOCHS) else "")
+                       + (f" --seeds {args.seeds}" if args.seeds != 3 else ""),
             "settings": settings, "seeds": args.seeds, "protocol": first["protocol"],
             "strategies": {s: {k: row[k] for k in ("mean", "std", "trainable", "total", "selected_epochs")}
                            for s, row in result["strategies"].items()},
@@ -79,7 +80,8 @@ def write_markdown(results: dict) -> None:
     for name, r in results.items():
         roles = "; ".join(f"{role} {r['protocol'][role]['n']} ({r['protocol'][role]['source']})"
                           for role in ("train", "selection", "test"))
-        lines += [f"## {name}", "", f"Settings: {r['settings']}, {r['seeds']} seeds. Data roles: {roles}.",
+        lines += [f"## {name}", "", f"Command: `{r['command']}`. Settings: {r['settings']}, {r['seeds']} seed(s). Data roles: {roles}.",
+                  *([r["note"]] if r.get("note") else []),
                   f"{r['machine']}; {r['minutes']} min, 1-min load average before: {r['load_avg_1min_before']}.", "",
                   r["table"], ""]
     write_text(HERE / "results" / "accuracy.md", "\n".join(lines))
