@@ -133,12 +133,11 @@ def _predictions(run_dir: Path) -> tuple[str, list[str], np.ndarray, np.ndarray]
     """(split, paths, labels, probs) of the test split a run reports (chose nothing), sorted by path."""
     import numpy as np
 
-    for split in ("test",):
-        path = run_dir / f"{split}_predictions.json"
-        if path.is_file():
-            rows = sorted(json.loads(path.read_text(encoding="utf-8")), key=lambda r: r["path"])
-            return (split, [r["path"] for r in rows], np.array([r["label"] for r in rows], dtype=np.int64),
-                    np.array([r["probs"] for r in rows], dtype=np.float64))
+    path = run_dir / "test_predictions.json"
+    if path.is_file():
+        rows = sorted(json.loads(path.read_text(encoding="utf-8")), key=lambda r: r["path"])
+        return ("test", [r["path"] for r in rows], np.array([r["label"] for r in rows], dtype=np.int64),
+                np.array([r["probs"] for r in rows], dtype=np.float64))
     raise ConfigError(f"{run_dir} has no test_predictions.json (a run from before the three data roles); re-run that strategy "
                       "(delete its folder) so the comparison can pair its predictions")
 
