@@ -31,19 +31,26 @@ __all__ = [
     "apply_overrides",
     "FlatSetting",
     "FLAT_SETTINGS",
+    "flat_settings",
+    "coerce_value",
+    "setting",
+    "did_you_mean",
     "FLAT_KEYS",
     "flat_overrides",
     "parse_overrides",
 ]
 
 
-def _setting(default: Any, help: str, *, flag: str | None = "") -> Any:
+def setting(default: Any, help: str, *, flag: str | None = "") -> Any:
     """A config field that carries its own help text: the one place a setting is described.
 
     ``flag`` is its flat name, a keyword of ``transferkit.train`` and a ``transferkit train`` option
     ("" = the field's name); None keeps it out of both (set it in a config file or with ``--set``).
     """
     return field(default=default, metadata={"help": help, "flag": flag})
+
+
+_setting = setting  # the sections below read better with the short private name
 
 
 @dataclass(frozen=True)
@@ -231,9 +238,11 @@ def _normalisation_checks(m: ModelCfg) -> list[tuple[bool, str]]:
 _SECTIONS = {"data": DataCfg, "model": ModelCfg, "strategy": StrategyCfg, "optim": OptimCfg, "engine": EngineCfg}
 
 
-def _coerce(value: Any, annotation: Any, key: str) -> Any:
+def coerce_value(value: Any, annotation: Any, key: str) -> Any:
     """Convert a YAML/CLI value to the annotated type, or raise ConfigError naming the key."""
     text = str(annotation)
+    if isinstance(value, str) and "None" in text and value.strip().lower() in ("", "none", "null"):
+        value = None  # "--set optim.grad_clip=null": text for "no value" from a flag
     if value is None:
         if "None" in text:
             return None
@@ -267,7 +276,7 @@ def config_from_dict(raw: Mapping[str, Any]) -> RunCfg:
             kwargs["out"] = None if values is None else str(values)
             continue
         if section not in _SECTIONS:
-            raise ConfigError(f"unknown config section {section!r}{_did_you_mean(section, [*_SECTIONS, 'out'])}; "
+            raise ConfigError(f"unknown config section {section!r}{did_you_mean(section, [*_SECTIONS, 'out'])}; "
                               f"known: {', '.join(_SECTIONS)}, out")
         if values is None:
             continue
@@ -278,9 +287,9 @@ def config_from_dict(raw: Mapping[str, Any]) -> RunCfg:
         parsed = {}
         for key, value in values.items():
             if key not in fields:
-                raise ConfigError(f"unknown config key {section}.{key}{_did_you_mean(key, fields)}; "
+                raise ConfigError(f"unknown config key {section}.{key}{did_you_mean(key, fields)}; "
                                   f"known keys in {section}: {', '.join(fields)}")
-            parsed[key] = _coerce(value, fields[key].type, f"{section}.{key}")
+            parsed[key] = coerce_value(value, fields[key].type, f"{section}.{key}")
         kwargs[section] = cls(**parsed)
     return RunCfg(**kwargs)
 
@@ -333,7 +342,8 @@ def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[s
 
 
 
-def _did_you_mean(name: str, known: Iterable[str]) -> str:
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the closest known names, or ''."""
     close = difflib.get_close_matches(name, list(known), n=2, cutoff=0.6)
     return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
@@ -349,9 +359,11 @@ class FlatSetting:
     help: str
 
 
-def _flat_settings() -> dict[str, FlatSetting]:
-    """Every field whose metadata gives it a flat name, in RunCfg order (section by section, then out)."""
-    owners = [(f"{name}.", cls) for name, cls in _SECTIONS.items()] + [("", RunCfg)]
+def flat_settings(owners: Iterable[tuple[str, type]]) -> dict[str, FlatSetting]:
+    """Every field of the ``(key prefix, dataclass)`` owners whose metadata gives it a flat name, in order.
+
+    Used for the run settings here (FLAT_SETTINGS) and for any other settings dataclass (the adaptation's).
+    """
     settings: dict[str, FlatSetting] = {}
     for prefix, cls in owners:
         for f in dataclasses.fields(cls):
@@ -367,7 +379,7 @@ def _flat_settings() -> dict[str, FlatSetting]:
     return settings
 
 
-FLAT_SETTINGS = _flat_settings()
+FLAT_SETTINGS = flat_settings([(f"{name}.", cls) for name, cls in _SECTIONS.items()] + [("", RunCfg)])
 # Flat names -> dotted config keys (derived from the dataclass fields; kept for the modules that import it).
 FLAT_KEYS = {name: setting.key for name, setting in FLAT_SETTINGS.items()}
 
@@ -387,7 +399,7 @@ def flat_overrides(keywords: Mapping[str, Any], caller: str = "transferkit.train
             fix = f"pass overrides={{{dotted[0]!r}: ...}}"
         else:
             fix = f"use one of: {', '.join(sorted(FLAT_KEYS))} (or overrides={{'section.key': value}})"
-        raise ConfigError(f"{caller}() got an unknown keyword argument {name!r}{_did_you_mean(name, FLAT_KEYS)}; "
+        raise ConfigError(f"{caller}() got an unknown keyword argument {name!r}{did_you_mean(name, FLAT_KEYS)}; "
                           f"{fix}")
     return {FLAT_KEYS[name]: value for name, value in keywords.items()}
 

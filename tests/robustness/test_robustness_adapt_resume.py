@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from typer.testing import CliRunner
 
 import transferkit.adapt.objective as objective_mod
 import transferkit.engine.trainer as trainer_mod
 from conftest import make_image_folder
 from transferkit.adapt import adapt
-from transferkit.adapt import resume as resume_adapt
+from transferkit.cli import app
 from transferkit.engine.trainer import Trainer
 
 PARAMS = dict(backbone="efficientnet_lite0", input_size=32, batch_size=8, workers=0, epochs=1, adapt_epochs=2,
@@ -104,10 +105,13 @@ def test_interrupted_adapt_run_resumes_to_the_same_weights(domains: dict[str, Pa
             adapt(domains["source"], domains["target"], method="dann", out=str(run), **PARAMS)
     assert not (run / "summary.json").exists() and (run / "last_state.safetensors").is_file()
     if crash_in_joint_epoch == 1:
-        result = Trainer.resume(run, quiet=True).fit()  # the engine's resume: hooks.json brings the adaptation back
-    else:
-        result = resume_adapt(run, quiet=True)
-    assert result.summary["method"] == "dann" and result.summary["epochs_run"] == 3
+        summary = Trainer.resume(run, quiet=True).fit().summary  # the engine's resume: hooks.json brings the adaptation back
+    else:  # the command line: `transferkit adapt --resume RUN` (transferkit.adapt.resume)
+        cli = CliRunner().invoke(app, ["adapt", "--resume", str(run), "--quiet"])
+        assert cli.exit_code == 0, cli.output
+        assert "target" in cli.output  # the side-by-side table
+        summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    assert summary["method"] == "dann" and summary["epochs_run"] == 3
     assert _rows(run) == _rows(expected)
     for name in ("model.safetensors", "baseline.safetensors"):
         a, b = load_file(run / name), load_file(expected / name)

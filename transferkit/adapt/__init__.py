@@ -13,16 +13,32 @@ layer). Every run also trains and reports the source-only baseline on the same s
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from importlib import import_module
+from typing import TYPE_CHECKING, Any, Mapping
 
-from transferkit.adapt.config import METHODS, AdaptCfg, adapt_cfg_from_dict
-from transferkit.adapt.layers import GradientReversal, GradReverse, coral_loss, dann_lambda, dann_lr_factor, grad_reverse
-from transferkit.engine.trainer import RunResult
+from transferkit.adapt.config import ADAPT_DEFAULTS, ADAPT_SETTINGS, BN_BY_METHOD, METHODS, AdaptCfg, adapt_cfg_from_dict
+from transferkit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from transferkit.adapt.layers import GradientReversal, GradReverse, coral_loss, dann_lambda, dann_lr_factor, grad_reverse
+    from transferkit.engine.trainer import RunResult
+
+# the torch layers load on first use: the settings above are read by `transferkit adapt --help`, which
+# must not import torch
+_LAZY = {name: "transferkit.adapt.layers" for name in
+         ("GradientReversal", "GradReverse", "coral_loss", "dann_lambda", "dann_lr_factor", "grad_reverse")}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "adapt",
     "resume",
     "AdaptCfg",
+    "ADAPT_SETTINGS",
     "METHODS",
     "ADAPT_DEFAULTS",
     "BN_BY_METHOD",
@@ -33,15 +49,6 @@ __all__ = [
     "dann_lr_factor",
     "coral_loss",
 ]
-
-# adapt's own defaults for the shared settings (train's differ): the backbone must be able to adapt,
-# so fine-tuning; flips and crops can change what an image shows (digits), so no augmentation by default.
-ADAPT_DEFAULTS = {"strategy.name": "finetune", "data.augment": "none", "engine.epochs": 3}
-# BatchNorm by method, unless set: AdaBN needs a model trained with BatchNorm statistics it can swap
-# (train mode); the others did best with ImageNet statistics kept frozen (MNIST->MNIST-M test, seed 0, an
-# early benchmark: source-only 0.21 train vs 0.58 frozen; DANN 0.56 per-domain BN + AdaBN vs 0.67 frozen;
-# benchmarks/adapt_mnistm.py now makes this choice on a target dev split).
-BN_BY_METHOD = {"adabn": "train", "source-only": "frozen", "coral": "frozen", "dann": "frozen"}
 
 
 def adapt(
@@ -71,16 +78,25 @@ def adapt(
         adapt_options: :class:`AdaptCfg` fields, e.g. ``{"lambda_max": 0.3, "disc_lr_scale": 1.0}``.
         baseline_from: an earlier adapt run whose source-only baseline is reused instead of retrained.
         quiet: no console output.
-        **kwargs: the shared friendly names of :func:`transferkit.train` (backbone, epochs, lr, bn, seed,
-            input_size, batch_size, out, ...) plus ``adapt_epochs`` (the adaptation epochs).
+        **kwargs: the shared flat names of :func:`transferkit.train` (backbone, epochs, lr, bn, seed,
+            input_size, batch_size, out, ...) and the adaptation's (:data:`ADAPT_SETTINGS`: adapt_epochs,
+            adapt_lr, lambda_max, coral_weight, ...); unknown names are refused with "did you mean".
     """
     from transferkit.adapt.runner import Adapter
     from transferkit.workflow import build_config
     from transferkit.config import load_config
 
+    from transferkit.config import FLAT_KEYS, did_you_mean
+
+    known = [*FLAT_KEYS, *ADAPT_SETTINGS]
+    for name in kwargs:  # checked up front: a misspelt keyword fails before any image is read
+        if name not in known:
+            raise ConfigError(f"transferkit.adapt.adapt() got an unknown keyword argument {name!r}"
+                              f"{did_you_mean(name, known)}; use one of: {', '.join(sorted(known))} "
+                              "(or adapt_options={'KEY': value} / overrides={'section.key': value})")
     options = dict(adapt_options or {})
-    if "adapt_epochs" in kwargs:
-        options["epochs"] = kwargs.pop("adapt_epochs")
+    for name in [k for k in kwargs if k in ADAPT_SETTINGS]:
+        options[ADAPT_SETTINGS[name].key.partition(".")[2]] = kwargs.pop(name)
     options.update(target=str(target), method=method,
                    target_eval=None if target_labels_for_eval is None else str(target_labels_for_eval))
     acfg = adapt_cfg_from_dict(options)

@@ -6,11 +6,21 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from transferkit.config import coerce_value, did_you_mean, flat_settings, setting
 from transferkit.errors import ConfigError
 
-__all__ = ["AdaptCfg", "METHODS", "adapt_cfg_from_dict"]
+__all__ = ["AdaptCfg", "ADAPT_DEFAULTS", "ADAPT_SETTINGS", "BN_BY_METHOD", "METHODS", "adapt_cfg_from_dict"]
 
 METHODS = ("dann", "coral", "adabn", "source-only")
+
+# adapt's own defaults for the shared settings (train's differ): the backbone must be able to adapt,
+# so fine-tuning; flips and crops can change what an image shows (digits), so no augmentation by default.
+ADAPT_DEFAULTS = {"strategy.name": "finetune", "data.augment": "none", "engine.epochs": 3}
+# BatchNorm by method, unless set: AdaBN needs a model trained with BatchNorm statistics it can swap
+# (train mode); the others did best with ImageNet statistics kept frozen (MNIST->MNIST-M test, seed 0, an
+# early benchmark: source-only 0.21 train vs 0.58 frozen; DANN 0.56 per-domain BN + AdaBN vs 0.67 frozen;
+# benchmarks/adapt_mnistm.py now makes this choice on a target dev split).
+BN_BY_METHOD = {"adabn": "train", "source-only": "frozen", "coral": "frozen", "dann": "frozen"}
 
 
 @dataclass(frozen=True)
@@ -20,40 +30,46 @@ class AdaptCfg:
     The source-only baseline is trained with the shared RunCfg (``engine.epochs`` epochs, the chosen
     strategy and BatchNorm policy). ``coral`` and ``dann`` then train ``epochs`` more epochs on balanced
     source + target batches, starting from the baseline (``warm_start``) or from the pretrained backbone.
+    Each field's help is its ``adapt`` option and its keyword of :func:`transferkit.adapt.adapt` (flat name).
     """
 
-    target: str = ""
-    target_eval: str | None = None  # labelled target folder, read by the evaluation only
-    method: str = "dann"
-    epochs: int = 5  # adaptation epochs (coral, dann); an epoch = one pass over the source images
-    lr: float | None = None  # head rate of the adaptation phase (None: optim.lr); backbone gets its strategy scale
+    target: str = setting("", "Target-domain images; sub-folder names (labels) are ignored.", flag=None)
+    target_eval: str | None = setting(None, "Labelled target folder, read by the evaluation only.", flag=None)
+    method: str = setting("dann", f"Adaptation method: {' | '.join(METHODS)}.")
+    epochs: int = setting(5, "CORAL/DANN epochs after the baseline (an epoch = one pass over the source images).",
+                          flag="adapt_epochs")
+    lr: float | None = setting(None, "Head learning rate of the adaptation phase (default: --lr); the backbone "
+                                     "gets its strategy scale.", flag="adapt_lr")
     # last: a fixed budget, the last adaptation epoch is kept (the source selection split is only logged);
     # best: keep the adaptation epoch scoring best on the source selection split (engine.monitor), and stop
     # after engine.patience epochs without improvement. Source accuracy is not target accuracy: a choice only.
-    select: str = "last"
-    warm_start: bool = True  # start adaptation from the source-only baseline
-    per_domain_bn: bool = True  # separate source / target forward passes, so BatchNorm batch statistics are per domain
+    select: str = setting("last", "last: keep the last adaptation epoch; best: the epoch best on the source "
+                                  "selection split.", flag="adapt_select")
+    warm_start: bool = setting(True, "Adapt from the source-only baseline (off: from the pretrained backbone).")
+    per_domain_bn: bool = setting(True, "Separate source / target forward passes, so BatchNorm batch statistics "
+                                        "are per domain.")
     # after coral / dann: re-estimate BatchNorm statistics on the target images; None = when BatchNorm
     # trained in train mode (per-domain statistics). A model trained with frozen (ImageNet) statistics has
     # learned with those and gets worse with target statistics (measured on MNIST-M: 0.58 -> 0.27).
-    adabn: bool | None = None
-    lr_schedule: str = "dann"  # dann: mu0 / (1 + 10 p) ** 0.75 (Ganin et al.); cosine: the engine's schedule
-    # DANN
-    lambda_max: float = 1.0  # cap of the ramped adaptation weight cap * (2 / (1 + exp(-10 p)) - 1)
-    disc_hidden: int = 256
-    disc_layers: int = 2
-    disc_dropout: float = 0.5
-    # discriminator rate relative to the head's. 5 scored best on MNIST-M *test* in an early benchmark (1: 0.651,
-    # 5: 0.671 after 3 epochs; 10 with 1024 hidden units diverged to 0.589), i.e. chosen on test labels;
-    # benchmarks/adapt_mnistm.py chooses it on a target dev split instead
-    disc_lr_scale: float = 5.0
-    # CORAL: the loss is ~0.004 on pooled Lite0 features, so weight 1 barely acts (MNIST-M test, early benchmark:
+    adabn: bool | None = setting(None, "After CORAL/DANN, re-estimate BatchNorm statistics on the target images "
+                                       "(default: when BatchNorm trains in train mode).")
+    lr_schedule: str = setting("dann", "dann: mu0 / (1 + 10 p) ** 0.75 (Ganin et al.); cosine: the engine's "
+                                       "schedule.", flag=None)
+    lambda_max: float = setting(1.0, "DANN: cap of the ramped adaptation weight cap * (2 / (1 + exp(-10 p)) - 1).")
+    disc_hidden: int = setting(256, "DANN: hidden units of the domain discriminator.", flag=None)
+    disc_layers: int = setting(2, "DANN: hidden layers of the domain discriminator.", flag=None)
+    disc_dropout: float = setting(0.5, "DANN: dropout in the domain discriminator.", flag=None)
+    # 5 scored best on MNIST-M *test* in an early benchmark (1: 0.651, 5: 0.671 after 3 epochs; 10 with 1024
+    # hidden units diverged to 0.589), i.e. chosen on test labels; benchmarks/adapt_mnistm.py chooses it on a
+    # target dev split instead
+    disc_lr_scale: float = setting(5.0, "DANN: discriminator learning rate relative to the head's.")
+    # the loss is ~0.004 on pooled Lite0 features, so weight 1 barely acts (MNIST-M test, early benchmark:
     # 0.644 vs 0.687 with 30; chosen on test labels; benchmarks/adapt_mnistm.py tunes it on a target dev split)
-    coral_weight: float = 30.0
+    coral_weight: float = setting(30.0, "CORAL: weight of the CORAL loss.")
     # evaluation and figures
-    adabn_images: int = 0  # target images used to estimate BatchNorm statistics (0 = all)
-    projection: str = "tsne"  # tsne | pca | none
-    projection_points: int = 400  # per domain
+    adabn_images: int = setting(0, "Target images used to estimate BatchNorm statistics (0 = all).", flag=None)
+    projection: str = setting("tsne", "Feature projection figure: tsne | pca | none.")
+    projection_points: int = setting(400, "Points per domain in the projection figure.", flag=None)
 
     def __post_init__(self) -> None:
         checks = [
@@ -79,31 +95,16 @@ class AdaptCfg:
         return dataclasses.asdict(self)
 
 
-def _convert(value: Any, annotation: str, key: str) -> Any:
-    """Text from the command line (``--set adapt.lambda_max=0.3``) -> the field's type."""
-    if not isinstance(value, str):
-        return value
-    text = value.strip()
-    if "None" in annotation and text.lower() in ("", "none", "null"):
-        return None
-    try:
-        if annotation.startswith("bool"):
-            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(text)
-            return text.lower() in ("true", "1", "yes")
-        if annotation.startswith("int"):
-            return int(text)
-        if annotation.startswith("float"):
-            return float(text)
-    except ValueError:
-        raise ConfigError(f"adapt.{key}: cannot read {value!r} as {annotation}; fix the value") from None
-    return text
+# The adaptation settings under their flat names (adapt_epochs, lambda_max, ...): keywords of
+# transferkit.adapt.adapt and options of `transferkit adapt`, generated like the run settings.
+ADAPT_SETTINGS = flat_settings([("adapt.", AdaptCfg)])
 
 
 def adapt_cfg_from_dict(raw: Mapping[str, Any]) -> AdaptCfg:
     """Build an AdaptCfg (text values converted to the fields' types); unknown keys are refused."""
-    fields = {f.name: str(f.type) for f in dataclasses.fields(AdaptCfg)}
+    fields = {f.name: f.type for f in dataclasses.fields(AdaptCfg)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown adapt option(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
-    return AdaptCfg(**{k: _convert(v, fields[k], k) for k, v in raw.items()})
+        raise ConfigError(f"unknown adapt option {unknown[0]!r}{did_you_mean(unknown[0], fields)}; "
+                          f"known: {', '.join(fields)}")
+    return AdaptCfg(**{k: coerce_value(v, fields[k], f"adapt.{k}") for k, v in raw.items()})

@@ -7,9 +7,10 @@ recommender (``--strategy auto``) or the dataclass default decides.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 import typer
 
@@ -45,21 +46,31 @@ def setting_option(setting: FlatSetting) -> inspect.Parameter:
                              annotation=Optional[setting.value_type])
 
 
-def with_settings(names: Optional[Iterable[str]] = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: the command also takes the flat settings ``names`` (default: all) as options.
+def with_settings(
+    names: Optional[Iterable[str]] = None,
+    registry: Optional[Mapping[str, FlatSetting]] = None,
+    into: str = "settings",
+    defaults: Optional[Mapping[str, Any]] = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: the command also takes the flat settings ``names`` (default: all) of ``registry``
+    (default: the run settings, FLAT_SETTINGS) as options.
 
-    The decorated function declares a ``settings`` parameter and receives the given ones there, as a
-    dict of flat name -> value (options left out are absent, never None).
+    The decorated function declares a parameter named ``into`` and receives the given ones there, as a
+    dict of flat name -> value (options left out are absent, never None). Decorators stack, one per
+    registry (``adapt`` takes the run settings and the adaptation settings). ``defaults`` shows a
+    command's own defaults in the help where they differ from the dataclass's (the command applies them).
     """
-    wanted = set(FLAT_SETTINGS if names is None else names)
-    unknown = wanted - set(FLAT_SETTINGS)
+    registry = FLAT_SETTINGS if registry is None else registry
+    wanted = set(registry if names is None else names)
+    unknown = wanted - set(registry)
     if unknown:
         raise KeyError(f"not flat settings: {sorted(unknown)}")
-    chosen = [setting for setting in FLAT_SETTINGS.values() if setting.name in wanted]  # in RunCfg order
+    chosen = [dataclasses.replace(setting, default=(defaults or {}).get(setting.name, setting.default))
+              for setting in registry.values() if setting.name in wanted]  # in dataclass order
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         signature = inspect.signature(func, eval_str=True)
-        own = [p for p in signature.parameters.values() if p.name != "settings"]
+        own = [p for p in signature.parameters.values() if p.name != into]
         clash = {p.name for p in own} & {s.name for s in chosen}
         if clash:
             raise TypeError(f"{func.__name__}: parameters {sorted(clash)} are also settings")
@@ -67,7 +78,7 @@ def with_settings(names: Optional[Iterable[str]] = None) -> Callable[[Callable[.
         @functools.wraps(func)
         def command(**kwargs: Any) -> Any:
             given = {s.name: kwargs.pop(s.name) for s in chosen}
-            return func(**kwargs, settings={k: v for k, v in given.items() if v is not None})
+            return func(**kwargs, **{into: {k: v for k, v in given.items() if v is not None}})
 
         parameters = own + [setting_option(setting) for setting in chosen]
         command.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]

@@ -3,26 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any
 
 import typer
 
 from transferkit.cli.common import guarded
+from transferkit.cli.options import with_settings
 
 __all__ = ["register"]
 
 
+@with_settings(["backbone", "weights"])
 def recommend(
     data: Path = typer.Argument(..., help="Image folder to measure."),
-    backbone: str = typer.Option("efficientnet_lite0", help="Backbone whose pretraining domain is the reference."),
-    weights: Optional[Path] = typer.Option(None, help="Local weights for the backbone."),
+    *,
+    settings: dict[str, Any],
 ) -> None:
-    """Measure a dataset (size, balance, distance from ImageNet) and recommend a strategy."""
+    """Measure a dataset (size, balance, distance from ImageNet from the backbone's features) and recommend a strategy."""
 
     def go() -> str:
+        from transferkit.config import ModelCfg
         from transferkit.recommender import recommend as measure_and_recommend
 
-        return measure_and_recommend(str(data), backbone, None if weights is None else str(weights)).explain()
+        backbone = settings.get("backbone", ModelCfg.backbone)
+        return measure_and_recommend(str(data), backbone, settings.get("weights")).explain()
 
     typer.echo(guarded(go))
 

@@ -217,3 +217,52 @@ def test_a_misspelt_keyword_fails_up_front_with_a_suggestion(tmp_path):
     with pytest.raises(ConfigError, match=r"overrides=\{'optim.grad_clip': \.\.\.\}"):
         api.build_config(grad_clip=1.0)  # a set-only field: the error says how to reach it
     assert api.build_config(tmp_path, epochs=3, mean=[0.5, 0.5, 0.5]).model.mean == (0.5, 0.5, 0.5)
+
+
+# ---- the adaptation settings: generated the same way ------------------------------------------------------
+
+def test_text_for_no_value_reads_as_none_where_the_field_allows_it():
+    assert config_from_dict(apply_overrides({}, parse_overrides(["optim.grad_clip=null"]))).optim.grad_clip is None
+    with pytest.raises(ConfigError, match="engine.epochs: cannot read 'none' as int"):
+        config_from_dict({"engine": {"epochs": "none"}})
+
+
+def test_adapt_options_come_from_the_adapt_dataclass_and_pass_only_given_values(monkeypatch, tmp_path):
+    import transferkit.adapt as ta
+    from transferkit.adapt.config import ADAPT_SETTINGS, AdaptCfg
+
+    options = _options("adapt")
+    fields = {f.name: f for f in dataclasses.fields(AdaptCfg)}
+    for setting in ADAPT_SETTINGS.values():  # one option per adaptation setting, help from the field, default None
+        param = options["--" + setting.name.replace("_", "-")]
+        assert param.default is None and param.help.startswith(setting.help.rstrip(".")), setting.name
+        assert setting.help == fields[setting.key.partition(".")[2]].metadata["help"]
+    assert {"--adapt-epochs", "--lambda-max", "--coral-weight", "--no-warm-start", "--epochs", "--resume"} <= set(options)
+    assert "(default 3)" in options["--epochs"].help  # adapt's own baseline budget, not train's 10
+
+    calls = []
+    monkeypatch.setattr(ta, "adapt", lambda source, target, **kwargs: calls.append(kwargs) or ta_result())
+    ta_result = lambda: type("R", (), {"summary": {}})()  # noqa: E731
+    result = CliRunner().invoke(app, ["adapt", "--source", str(tmp_path), "--target", str(tmp_path), "--method",
+                                      "coral", "--coral-weight", "3", "--no-warm-start", "--epochs", "2",
+                                      "--set", "adapt.lambda_max=0.5"])
+    assert result.exit_code == 0, result.output
+    (kwargs,) = calls
+    assert kwargs["method"] == "coral" and kwargs["adapt_options"] == {"lambda_max": "0.5"}
+    assert {k: kwargs[k] for k in ("coral_weight", "warm_start", "epochs")} == {"coral_weight": 3.0,
+                                                                               "warm_start": False, "epochs": 2}
+    assert "adapt_epochs" not in kwargs and "lr" not in kwargs  # options left out are not passed
+
+
+def test_adapt_keywords_are_checked_up_front_with_a_suggestion(tmp_path):
+    import transferkit.adapt as ta
+
+    with pytest.raises(ConfigError, match="did you mean 'lambda_max'"):
+        ta.adapt(tmp_path / "missing", tmp_path / "missing", lamda_max=0.3)
+    with pytest.raises(ConfigError, match="did you mean 'coral_weight'"):
+        ta.adapt(tmp_path / "missing", tmp_path / "missing", adapt_options={"coral_wieght": 3})
+
+
+def test_adapt_without_folders_or_resume_is_one_line():
+    result = CliRunner().invoke(app, ["adapt", "--method", "coral"])
+    assert result.exit_code == 2 and "--source" in result.output and "--resume" in result.output
