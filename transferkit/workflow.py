@@ -28,7 +28,7 @@ from transferkit.data.scan import (
     validate,
 )
 from transferkit.data.transforms import eval_transform, resize_size
-from transferkit.models.runtime import pick_device, predict_loader
+from transferkit.models.runtime import pick_device, predict_loader, prediction_rows, top_k_row
 from transferkit.engine.oom import oom_guard
 from transferkit.engine.trainer import RunResult, Trainer
 from transferkit.errors import DataError
@@ -183,8 +183,7 @@ def evaluate(
     report["skipped_files"] = [{"path": p, "reason": r} for p, r in skipped + failed]
     target = Path(out) if out else loaded.path
     write_json(target / "evaluation.json", report)
-    rows = [{"path": dataset.samples[int(i)].path, "label": int(y), "probs": [round(float(p), 6) for p in pr]}
-            for i, y, pr in zip(result["indices"], result["labels"], result["outputs"])]
+    rows = prediction_rows([s.path for s in dataset.samples], result["indices"], result["labels"], result["outputs"])
     from transferkit.report import build_evaluation_report
 
     build_evaluation_report(target, report, rows, run=loaded)  # evaluation.html beside evaluation.json
@@ -217,10 +216,7 @@ def predict(
 
     with oom_guard(batch_size, "prediction"):
         result = predict_loader(loaded.model, make_loader(subset, batch_size, False, 0), device, on_failed=on_failed)
-    for j, probs in zip(result["indices"], result["outputs"]):
-        order = probs.argsort()[::-1][:k]
-        rows[keep[int(j)]] = {
-            "path": files[keep[int(j)]],
-            "predictions": [{"label": loaded.classes[c], "probability": float(probs[c])} for c in order],
-        }
+    for j, row in zip(result["indices"], prediction_rows([s.path for s in subset.samples], result["indices"],
+                                                          result["labels"], result["outputs"])):
+        rows[keep[int(j)]] = top_k_row(row, loaded.classes, k)
     return [rows[i] for i in range(len(files))]

@@ -23,6 +23,7 @@ from transferkit.data.datasets import ImageDataset, make_loader
 from transferkit.data.scan import Sample
 from transferkit.data.transforms import eval_transform, resize_size
 from transferkit.engine.loop import predict_loader
+from transferkit.models.runtime import prediction_rows
 from transferkit.fileio import write_json
 from transferkit.metrics.classification import detailed_metrics, summary_metrics
 
@@ -58,10 +59,8 @@ def _scores(adapter: "Adapter", model: torch.nn.Module) -> dict[str, Any]:
     if adapter.eval_samples:
         tgt = _run(adapter, model, adapter.eval_samples)
         out["target_details"] = detailed_metrics(tgt["labels"], tgt["outputs"], classes)
-        out["target_predictions"] = [
-            {"path": adapter.eval_samples[int(i)].path, "label": int(y), "probs": [round(float(p), 6) for p in probs]}
-            for i, y, probs in zip(tgt["indices"], tgt["labels"], tgt["outputs"])
-        ]
+        out["target_predictions"] = prediction_rows([s.path for s in adapter.eval_samples], tgt["indices"],
+                                                    tgt["labels"], tgt["outputs"])
     return out
 
 

@@ -184,16 +184,33 @@ def _require_two_classes(samples: Sequence[Sample], classes: Sequence[str], wher
 class ImageDataset(Dataset):
     """Decodes and transforms one sample; a bad file yields a failure record instead of raising.
 
-    With ``augment_seed`` (``transforms.augment_seed(seed, epoch)``) each image's random transform is
-    seeded by (seed, epoch, index), as on the GPU path; without it the worker's RNG stream is used.
+    The one image Dataset of every command (train, evaluate, predict, explain, embed, adapt, recommend);
+    :func:`collate_skipping` is its collate. The GPU data path (:class:`transferkit.data.gpu.EncodedDataset`)
+    differs on purpose: it ships undecoded JPEG bytes.
+
+    Args:
+        samples: (path, label) pairs; label -1 for unlabelled images.
+        transform: the per-image transform.
+        draft_size: lets libjpeg decode at a reduced scale when the target is smaller.
+        augment_seed: ``transforms.augment_seed(seed, epoch)``: each image's random transform is seeded by
+            (seed, epoch, index), as on the GPU path; without it the worker's RNG stream is used.
+        item_seeds: one seed per sample instead (the embedding cache's augmented views: view j of a file is
+            always the same crop, whatever else is in the batch).
+        verify: ``verify(index) -> reason or None``, called after decoding; a reason turns the item into a
+            failure (the embedding cache checks the file's bytes did not change under it).
     """
 
     def __init__(self, samples: Sequence[Sample], transform: Callable, draft_size: int | None = None,
-                 augment_seed: int | None = None) -> None:
+                 augment_seed: int | None = None, item_seeds: Sequence[int] | None = None,
+                 verify: Callable[[int], str | None] | None = None) -> None:
+        if augment_seed is not None and item_seeds is not None:
+            raise ValueError("give augment_seed or item_seeds, not both")
         self.samples = list(samples)
         self.transform = transform
         self.draft_size = draft_size
         self.augment_seed = augment_seed
+        self.item_seeds = item_seeds
+        self.verify = verify
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -205,6 +222,13 @@ class ImageDataset(Dataset):
         except DataError as exc:
             # the reason alone (the path is reported next to it), as validate() records it
             return None, sample.label, index, getattr(exc, "reason", None) or str(exc)
+        reason = self.verify(index) if self.verify is not None else None
+        if reason is not None:
+            return None, sample.label, index, reason
+        if self.item_seeds is not None:
+            with torch.random.fork_rng(devices=[]):  # leave the caller's RNG (dropout, resume) untouched
+                torch.default_generator.manual_seed(int(self.item_seeds[index]))
+                return self.transform(image), sample.label, index, None
         if self.augment_seed is None:
             return self.transform(image), sample.label, index, None
         with image_rng(self.augment_seed, index):

@@ -34,6 +34,7 @@ from transferkit.fileio import append_jsonl, write_json, write_text
 from transferkit.metrics.classification import detailed_metrics, summary_metrics
 from transferkit.models.backbones import BackboneSpec, resolve_spec
 from transferkit.models.transfer import TransferModel, build_model
+from transferkit.models.runtime import prediction_rows
 from transferkit.strategy.optim import (
     GroupIndex,
     apply_plan,
@@ -529,7 +530,5 @@ class Trainer:
 
     def _write_predictions(self, split: str, samples, result: dict[str, Any]) -> None:
         """Per-image probabilities of the final model (the report's galleries and calibration use them)."""
-        rows = []
-        for idx, label, probs in zip(result["indices"], result["labels"], result["probs"]):
-            rows.append({"path": samples[int(idx)].path, "label": int(label), "probs": [round(float(p), 6) for p in probs]})
+        rows = prediction_rows([s.path for s in samples], result["indices"], result["labels"], result["probs"])
         write_json(self.run_dir / f"{split}_predictions.json", rows)

@@ -21,13 +21,12 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from torchvision.transforms import v2 as T
 
-from transferkit.data.datasets import cpu_plan, torch_threads
-from transferkit.data.decode import load_rgb
+from transferkit.data.datasets import ImageDataset, collate_skipping, cpu_plan, torch_threads
+from transferkit.data.scan import Sample
 from transferkit.models.runtime import autocast_for
-from transferkit.errors import DataError
 from transferkit.features.fuse import fold_batchnorm
 from transferkit.features.keys import file_digest
 
@@ -49,45 +48,23 @@ def split_normalize(transform: Any) -> tuple[Any, torch.Tensor | None, torch.Ten
     return transform, None, None
 
 
-class _Files(Dataset):
-    """Decoded, transformed images by index; a bad file yields its reason instead of raising."""
+class _Unchanged:
+    """``verify`` for ImageDataset: the file's bytes are still those hashed before decoding (picklable for workers).
 
-    def __init__(self, paths: Sequence[str], transform: Callable, draft_size: int | None, seeds: Sequence[int] | None,
-                 digests: np.ndarray | None = None) -> None:
-        self.paths, self.transform, self.draft_size, self.seeds, self.digests = list(paths), transform, draft_size, seeds, digests
+    The cache files each row under the hash taken before decoding, so a file replaced meanwhile must
+    not leave an embedding of other content under that hash.
+    """
 
-    def __len__(self) -> int:
-        return len(self.paths)
+    def __init__(self, paths: Sequence[str], digests: np.ndarray) -> None:
+        self.paths, self.digests = paths, digests
 
-    def __getitem__(self, index: int) -> tuple[Any, int, str | None]:
+    def __call__(self, index: int) -> str | None:
         try:
-            image = load_rgb(self.paths[index], draft_size=self.draft_size)
-        except DataError as exc:
-            return None, index, getattr(exc, "reason", None) or str(exc)
-        if self.digests is not None and not self._unchanged(index):
-            return None, index, "the file changed while it was being embedded; run again"
-        if self.seeds is None:
-            return self.transform(image), index, None
-        with torch.random.fork_rng(devices=[]):  # leave the caller's RNG (dropout, resume) untouched
-            torch.manual_seed(self.seeds[index])  # augmented view j of a file is always the same crop
-            return self.transform(image), index, None
-
-
-    def _unchanged(self, index: int) -> bool:
-        """The cache files this row under the hash taken before decoding: check the bytes decoded were those."""
-        try:
-            return file_digest(self.paths[index]) == bytes(self.digests[index])
+            if file_digest(self.paths[index]) == bytes(self.digests[index]):
+                return None
         except OSError:
-            return False
-
-
-def _collate(batch: list[tuple[Any, int, str | None]]) -> dict[str, Any]:
-    good = [b for b in batch if b[2] is None]
-    return {
-        "images": torch.stack([torch.as_tensor(b[0]) for b in good]) if good else None,
-        "indices": np.array([b[1] for b in good], dtype=np.int64),
-        "failed": [(b[1], b[2]) for b in batch if b[2] is not None],
-    }
+            pass
+        return "the file changed while it was being embedded; run again"
 
 
 def default_embed_workers(requested: int = -1) -> int:
@@ -156,9 +133,11 @@ def embed_images(
     device = torch.device(device)
     pre, mean, std = split_normalize(transform)
     n_workers = default_embed_workers(workers)
+    paths = list(paths)
+    dataset = ImageDataset([Sample(p, -1) for p in paths], pre, draft_size, item_seeds=seeds,
+                           verify=None if digests is None else _Unchanged(paths, digests))
     loader = DataLoader(
-        _Files(paths, pre, draft_size, seeds, digests), batch_size=batch_size, shuffle=False, num_workers=n_workers,
-        collate_fn=_collate, pin_memory=device.type == "cuda", prefetch_factor=4 if n_workers else None,
+        dataset, batch_size=batch_size, shuffle=False, num_workers=n_workers, collate_fn=collate_skipping, pin_memory=device.type == "cuda", prefetch_factor=4 if n_workers else None,
         # its own generator: with workers, a loader otherwise draws their base seed from the global RNG,
         # so a cold run (which embeds) and a warm run (which does not) would train with different dropout
         generator=torch.Generator().manual_seed(0),
@@ -172,13 +151,13 @@ def embed_images(
         with torch_threads(threads or forward_threads(n_workers)), torch.inference_mode():
             for batch in loader:
                 if batch["images"] is None:
-                    yield EmbedBatch(batch["indices"], np.zeros((0, 0), np.float32), batch["failed"])
+                    yield EmbedBatch(np.zeros(0, np.int64), np.zeros((0, 0), np.float32), batch["failed"])
                     continue
                 x = _normalise(batch["images"], mean, std, device, channels_last)
                 if net is None:
                     net = fold_batchnorm(backbone, x[:2]) if fold_bn else backbone
                 with autocast_for(device, amp):
                     features = net(x)
-                yield EmbedBatch(batch["indices"], features.float().cpu().numpy(), batch["failed"])
+                yield EmbedBatch(batch["indices"].numpy(), features.float().cpu().numpy(), batch["failed"])
     finally:
         backbone.train(was_training)

@@ -7,13 +7,13 @@ inference path without importing each other.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["pick_device", "autocast_for", "to_device", "predict_loader"]
+__all__ = ["pick_device", "autocast_for", "to_device", "predict_loader", "prediction_rows", "top_k_row"]
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -67,3 +67,24 @@ def predict_loader(
         "labels": torch.cat(labels).numpy(),
         "indices": torch.cat(indices).numpy(),
     }
+
+
+def prediction_rows(paths: Sequence[str], indices: Iterable[Any], labels: Iterable[Any],
+                    probs: Iterable[Sequence[float]]) -> list[dict[str, Any]]:
+    """The one per-image prediction row: ``{"path", "label", "probs"}``.
+
+    ``label`` is the true class index (-1 for an unlabelled image) and ``probs`` the softmax over the
+    classes, rounded to 6 decimals. ``paths[index]`` is the file of each dataset index. Written as a run's
+    ``test_predictions.json`` / ``selection_predictions.json``, by ``evaluate`` and by ``adapt``, and read by
+    the report and ``compare``; ``predict`` renders its top-k answer from it (:func:`top_k_row`).
+    """
+    return [{"path": paths[int(i)], "label": int(y), "probs": [round(float(p), 6) for p in pr]}
+            for i, y, pr in zip(indices, labels, probs)]
+
+
+def top_k_row(row: dict[str, Any], classes: Sequence[str], k: int) -> dict[str, Any]:
+    """``predict``'s answer for one prediction row: ``{"path", "predictions": [{"label", "probability"}]}``,
+    the k most probable classes by name, most probable first."""
+    probs = np.asarray(row["probs"], dtype=np.float64)
+    order = np.argsort(-probs, kind="stable")[:k]
+    return {"path": row["path"], "predictions": [{"label": classes[c], "probability": float(probs[c])} for c in order]}
