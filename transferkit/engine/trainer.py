@@ -24,6 +24,7 @@ from transferkit.data.gpu import EncodedDataset, GpuPreprocessor, collate_encode
 from transferkit.engine import distributed as ddp
 from transferkit.engine.hooks import HOOKS_FILE, TrainerHook
 from transferkit.engine.checkpoint import load_training_state, prepare_fresh_run, save_training_state, verify_split
+from transferkit.engine.l2sp import L2SP
 from transferkit.engine.loop import StepContext, pick_device, predict_loader, train_one_epoch
 from transferkit.engine.oom import oom_guard
 from transferkit.engine.progress import Reporter
@@ -186,7 +187,7 @@ class Trainer:
         self.steps_per_epoch = max(1, math.ceil(per_rank / self.local_batch))
         self.total_steps = self.steps_per_epoch * cfg.engine.epochs
         self.warmup_steps = int(round(cfg.optim.lr_warmup_epochs * self.steps_per_epoch))
-        self.l2sp_anchor = self._l2sp_anchor()
+        self.l2sp = L2SP.for_run(self.model.backbone, cfg.strategy.l2sp)
         for path, reason in self.data.skipped:
             self.state.skipped[path] = reason
         # frozen backbone: embed each image once and train the head on the embeddings (transferkit.features)
@@ -203,17 +204,6 @@ class Trainer:
 
     def _uses_cache(self, epoch: int) -> bool:
         return self.cached is not None and self.cached.covers(epoch)
-
-    def _l2sp_anchor(self) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
-        """Pretrained values of the backbone weights, for the L2-SP pull (Li et al. 2018)."""
-        if not self.cfg.strategy.l2sp:
-            return []
-        return [(p, p.detach().clone()) for p in self.model.backbone.parameters()]
-
-    def _l2sp_loss(self) -> torch.Tensor:
-        alpha = self.cfg.strategy.l2sp
-        total = sum(((p - p0) ** 2).sum() for p, p0 in self.l2sp_anchor if p.requires_grad)
-        return 0.5 * alpha * total if isinstance(total, torch.Tensor) else torch.zeros((), device=self.device)
 
     def _write_run_header(self) -> None:
         run = self.run_dir
@@ -285,7 +275,7 @@ class Trainer:
             channels_last=cfg.engine.channels_last,
             grad_clip=cfg.optim.grad_clip,
             label_smoothing=cfg.optim.label_smoothing,
-            extra_loss=self._l2sp_loss if self.l2sp_anchor else None,
+            extra_loss=self.l2sp.loss if self.l2sp else None,
             drop_grads_of=self._frozen_now(epoch) if self.dist.enabled else [],
         )
         with self.reporter.epoch_bar(epoch, self.epochs, len(loader)) as advance:
