@@ -68,6 +68,12 @@ class DataCfg:
     test_fraction: float = _setting(
         0.15, "Test share when DATA is one folder of classes (reported, chooses nothing).")
     split_seed: int = _setting(0, "Seed of the stratified train/selection/test split.")
+    min_per_class: int = _setting(
+        2, "Fewest images of each class in a carved selection or test split (a class too small to give them, and "
+           "keep one to train, is refused).")
+    sampler: str = _setting(
+        "none", "Training batches: none | balanced (every class drawn equally often, with replacement; an "
+                "alternative to --class-weights, not an addition).")
     augment: str = _setting("light", "Training augmentation: none | light.")
     workers: int = _setting(-1, "Data loader workers (-1: from the number of cores).")
     validate: bool = _setting(
@@ -126,6 +132,9 @@ class OptimCfg:
     lr_warmup_epochs: float = _setting(1.0, "Linear learning-rate warm-up, in epochs.", flag=None)
     min_lr_ratio: float = _setting(0.01, "The cosine decay ends at lr x this ratio.", flag=None)
     label_smoothing: float = _setting(0.1, "Label smoothing of the cross-entropy loss.")
+    class_weights: str = _setting(
+        "auto", "Per-class loss weights: none | balanced (inverse frequency) | effective (Cui et al. 2019, "
+                "beta 0.999) | auto (balanced when the training split is imbalanced and --sampler is none).")
     grad_clip: float | None = _setting(5.0, "Clip the gradient norm to this value (null: no clipping).", flag=None)
 
 
@@ -139,7 +148,12 @@ class EngineCfg:
     select: str = _setting(
         "best", "best: keep the epoch the selection split scores highest | last: fixed budget, no selection split.")
     monitor: str = _setting(
-        "accuracy", "Metric that chooses the epoch: accuracy | balanced_accuracy | macro_f1 | roc_auc.", flag=None)
+        "auto", "Metric that chooses the epoch: accuracy | balanced_accuracy | macro_f1 | roc_auc | auto "
+                "(balanced_accuracy when the training split is imbalanced, else accuracy).", flag=None)
+    logit_adjust: str = _setting(
+        "auto", "Post-hoc logit adjustment (Menon et al. 2021): none | tuned (subtract tau x log prior, tau chosen "
+                "on the selection split) | auto (tuned when imbalanced and neither class weights nor the "
+                "sampler balance).")
     seed: int = _setting(0, "Random seed of the run (initialisation, augmentation, batch order).")
     device: str = _setting("auto", "auto | cpu | cuda | cuda:N")
     amp: bool = _setting(True, "bf16 autocast on CUDA (ignored on the CPU).", flag=None)
@@ -178,6 +192,9 @@ class RunCfg:
         _validate(self)
 
 
+MONITORS = ("auto", "accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
+
+
 def _validate(cfg: RunCfg) -> None:
     s, o, e, m = cfg.strategy, cfg.optim, cfg.engine, cfg.model
     checks = [
@@ -190,6 +207,12 @@ def _validate(cfg: RunCfg) -> None:
         (m.head_fit != "probe" or m.head == "linear",
          f"model.head_fit probe fits a linear head, but model.head is {m.head!r}; use --head linear or head_fit sgd"),
         (e.epochs >= 1, f"engine.epochs {e.epochs} must be at least 1"),
+        (e.monitor in MONITORS, f"engine.monitor {e.monitor!r} must be one of {', '.join(MONITORS)}"),
+        (e.logit_adjust in ("auto", "none", "tuned"), f"engine.logit_adjust {e.logit_adjust!r} must be auto, none or tuned"),
+        (o.class_weights in ("auto", "none", "balanced", "effective"),
+         f"optim.class_weights {o.class_weights!r} must be auto, none, balanced or effective"),
+        (cfg.data.sampler in ("none", "balanced"), f"data.sampler {cfg.data.sampler!r} must be none or balanced"),
+        (cfg.data.min_per_class >= 1, f"data.min_per_class {cfg.data.min_per_class} must be at least 1"),
         (e.batch_size >= 1, f"engine.batch_size {e.batch_size} must be at least 1"),
         (o.lr > 0, f"optim.lr {o.lr} must be positive"),
         (0.0 < cfg.data.selection_fraction < 1.0,

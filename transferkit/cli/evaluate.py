@@ -25,15 +25,22 @@ def evaluate(
         return api.evaluate(run, data, out=out)
 
     report = guarded(go)
+    from transferkit.data.balance import IMBALANCE_RATIO
     from transferkit.engine.progress import metrics_line
+    from transferkit.metrics.classification import format_per_class
 
-    typer.echo(f"{report['n']} images: {metrics_line(report['metrics'], report.get('ci95'), report['n'])} "
+    support = [row["support"] for row in report["per_class"].values()]
+    imbalanced = min(support) == 0 or max(support) / min(support) > IMBALANCE_RATIO  # of the evaluated images
+    lead = "balanced_accuracy" if imbalanced else "accuracy"
+    typer.echo(f"{report['n']} images: {metrics_line(report['metrics'], report.get('ci95'), report['n'], lead)} "
                "(95% intervals: stratified bootstrap)")
+    typer.echo(format_per_class(report))
     width = max(len(c) for c in report["classes"])
-    typer.echo(f"{'class':<{width}}  precision  recall     f1  support")
-    for name, row in report["per_class"].items():
-        typer.echo(f"{name:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  {row['f1']:5.3f}  {row['support']:7d}")
-    typer.echo("confusion matrix (rows: true, columns: predicted):")
+    typer.echo("confusion matrix normalised by true class (rows: true, columns: predicted; the diagonal is recall):")
+    for name, row in zip(report["classes"], report["confusion_matrix"]):
+        total = sum(row) or 1
+        typer.echo(f"{name:<{width}}  " + " ".join(f"{v / total:5.2f}" for v in row))
+    typer.echo("confusion matrix, counts:")
     for name, row in zip(report["classes"], report["confusion_matrix"]):
         typer.echo(f"{name:<{width}}  " + " ".join(f"{v:5d}" for v in row))
     if report["skipped_files"]:

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from transferkit.config import DataCfg
+from transferkit.data.balance import BalancedSampler
 from transferkit.data.decode import load_rgb
 from transferkit.data.scan import Sample, scan_dataset, validate
 from transferkit.data.transforms import image_rng
@@ -82,9 +83,11 @@ class DataSplits:
         }
 
 
-def stratified_split(samples: Sequence[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """Per-class shuffled split into (rest, held out ``fraction``); every class with >= 2 images keeps
-    at least one image on each side, a class with one image stays in ``rest``.
+def stratified_split(samples: Sequence[Sample], fraction: float, seed: int,
+                     min_held: int = 1) -> tuple[list[Sample], list[Sample]]:
+    """Per-class shuffled split into (rest, held out ``fraction``); every class with >= 2 images holds out
+    at least ``min_held`` images (as many as it can while keeping one in ``rest``), a class with one image
+    stays in ``rest``. (:func:`prepare_data` refuses classes too small for its minimum before splitting.)
 
     Hand-written rather than sklearn's train_test_split because that one refuses classes with a
     single image instead of keeping them in train, and we want the order fully defined by the seed.
@@ -98,7 +101,7 @@ def stratified_split(samples: Sequence[Sample], fraction: float, seed: int) -> t
         items = sorted(by_class[label], key=lambda s: s.path)
         rng.shuffle(items)
         n_held = int(round(len(items) * fraction))
-        n_held = min(max(n_held, 1), len(items) - 1) if len(items) >= 2 else 0
+        n_held = min(max(n_held, min_held, 1), len(items) - 1) if len(items) >= 2 else 0
         held.extend(items[:n_held])
         rest.extend(items[n_held:])
     return sorted(rest, key=lambda s: s.path), sorted(held, key=lambda s: s.path)
@@ -125,12 +128,13 @@ def prepare_data(cfg: DataCfg, draft_size: int | None = None, select: str = "bes
     if "all" in scans:
         scan = scans["all"]
         _require_two_classes(scan.samples, scan.classes, cfg.path)
-        rest, test = stratified_split(scan.samples, cfg.test_fraction, cfg.split_seed)
+        _require_class_sizes(scan.samples, scan.classes, cfg.min_per_class, 2 if choose else 1, cfg.path)
+        rest, test = stratified_split(scan.samples, cfg.test_fraction, cfg.split_seed, cfg.min_per_class)
         sources = {"test": f"{test_pct} of the folder ({carved})"}
         selection: list[Sample] = []
         if choose:  # selection_fraction of the whole folder, taken from what the test split left
             share = cfg.selection_fraction / (1.0 - cfg.test_fraction)
-            rest, selection = stratified_split(rest, share, cfg.split_seed + 1)
+            rest, selection = stratified_split(rest, share, cfg.split_seed + 1, cfg.min_per_class)
             sources["selection"] = f"{sel_pct} of the folder ({carved}; disjoint from test)"
         sources["train"] = "the rest of the folder"
         return _checked(DataSplits(str(cfg.path), "flat", scan.classes, rest, selection, test, skipped, sources), choose)
@@ -153,7 +157,10 @@ def prepare_data(cfg: DataCfg, draft_size: int | None = None, select: str = "bes
         test = scans["val"].samples
         sources = {"test": f"{val_dir} (reported as the test split)"}
         if choose:
-            train, selection = stratified_split(train_scan.samples, cfg.selection_fraction, cfg.split_seed)
+            _require_class_sizes(train_scan.samples, train_scan.classes, cfg.min_per_class, 1,
+                                 str(Path(cfg.path) / "train"))
+            train, selection = stratified_split(train_scan.samples, cfg.selection_fraction, cfg.split_seed,
+                                                cfg.min_per_class)
             sources.update(train="the rest of train/", selection=f"{sel_pct} of train/ ({carved})")
         else:
             train, selection = train_scan.samples, []
@@ -168,6 +175,24 @@ def _checked(data: DataSplits, choose: bool) -> DataSplits:
             "the epoch); add images, or pass --select last to train a fixed budget and choose nothing"
         )
     return data
+
+
+def _require_class_sizes(samples: Sequence[Sample], classes: Sequence[str], minimum: int, carved: int,
+                         where: str) -> None:
+    """Refuse, up front and naming them, classes too small to give each of the ``carved`` held-out splits
+    ``minimum`` images and keep one to train on (a rare class with one test image is a coin toss)."""
+    need = carved * minimum + 1
+    counts = {i: 0 for i in range(len(classes))}
+    for s in samples:
+        counts[s.label] += 1
+    small = [f"{classes[i]!r} ({n})" for i, n in counts.items() if n < need]
+    if small:
+        splits = "selection and test splits" if carved == 2 else "selection split"
+        raise DataError(
+            f"{where}: class folder(s) {', '.join(small)} have fewer than {need} images: the {splits} need "
+            f"{minimum} image(s) of every class (data.min_per_class) and training needs 1; add images, lower "
+            f"--min-per-class, or give the split folders yourself (train/ val/ test/)"
+        )
 
 
 def _require_two_classes(samples: Sequence[Sample], classes: Sequence[str], where: str) -> None:
@@ -333,13 +358,19 @@ def make_loader(
     world_size: int = 1,
     pin_memory: bool = False,
     collate_fn: Callable | None = None,
+    balanced: bool = False,
 ) -> DataLoader:
     """A loader whose order and augmentation are a pure function of (seed, epoch, rank).
 
     A DistributedSampler with ``set_epoch`` is used even for one process: it gives the same
     permutation for the same epoch, which is what resuming mid-run and DDP both need.
     """
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+    sampler: DistributedSampler | BalancedSampler
+    if balanced:  # class-balanced draws with replacement (data.sampler balanced), sharded the same way
+        sampler = BalancedSampler([s.label for s in dataset.samples], seed=seed, num_replicas=world_size, rank=rank)
+    else:
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
+                                     drop_last=False)
     sampler.set_epoch(epoch)
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch * 1_009 + rank)
     n_workers = default_workers(workers, accelerator=pin_memory)  # pinned memory only serves an accelerator

@@ -14,7 +14,7 @@ from torch import nn
 from transferkit.engine.hooks import Objective
 from transferkit.models.runtime import autocast_for, pick_device, predict_loader, to_device
 
-__all__ = ["StepContext", "optimizer_step", "train_one_epoch", "predict_loader", "autocast_for", "pick_device"]
+__all__ = ["StepContext", "classification_loss", "optimizer_step", "train_one_epoch", "predict_loader", "autocast_for", "pick_device"]
 
 
 @dataclass
@@ -28,8 +28,19 @@ class StepContext:
     channels_last: bool = False
     grad_clip: float | None = None
     label_smoothing: float = 0.0
+    class_weights: torch.Tensor | None = None  # per-class loss weights (imbalanced data), on ``device``
     extra_loss: Callable[[], torch.Tensor] | None = None  # e.g. L2-SP
     drop_grads_of: list[torch.nn.Parameter] = field(default_factory=list)  # DDP: scale-0 groups
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+    """Cross-entropy with the run's label smoothing and class weights.
+
+    With weights it is PyTorch's weighted mean, ``sum_i w_{y_i} l_i / sum_i w_{y_i}``: a batch's loss stays
+    on the scale of an unweighted one however its classes mix, and a rare-class image counts ``w_rare /
+    w_common`` times a common one.
+    """
+    return F.cross_entropy(logits.float(), labels, weight=ctx.class_weights, label_smoothing=ctx.label_smoothing)
 
 
 def optimizer_step(ctx: StepContext, loss: torch.Tensor, step: int) -> None:
@@ -72,7 +83,7 @@ def train_one_epoch(
         if objective is None:
             with autocast_for(ctx.device, ctx.amp):
                 logits = model(images)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=ctx.label_smoothing)
+            loss = classification_loss(logits, labels, ctx)
         else:
             loss, logits = objective.loss(model, images, labels, step, ctx)
         if ctx.extra_loss is not None:

@@ -14,11 +14,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 __all__ = ["Reporter", "format_count", "metrics_line"]
 
 
-def metrics_line(metrics: dict[str, Any], ci95: dict[str, Any] | None, n: int | None) -> str:
-    """``accuracy 0.961 [0.935, 0.984], balanced ..., n=153``: every printed figure with its 95% interval."""
+_LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced", "macro_f1": "macro-F1", "roc_auc": "ROC-AUC"}
+
+
+def metrics_line(metrics: dict[str, Any], ci95: dict[str, Any] | None, n: int | None, lead: str = "accuracy") -> str:
+    """``accuracy 0.961 [0.935, 0.984], balanced ..., n=153``: every printed figure with its 95% interval,
+    ``lead`` first (balanced accuracy on imbalanced data, where accuracy hides the missed rare classes)."""
     ci95 = ci95 or {}
-    parts = [f"{label} {format_metric(metrics.get(key), ci95.get(key))}" for key, label in
-             (("accuracy", "accuracy"), ("balanced_accuracy", "balanced"), ("macro_f1", "macro-F1"), ("roc_auc", "ROC-AUC"))]
+    keys = [lead] + [k for k in _LABELS if k != lead]
+    label = lambda k: "balanced accuracy" if k == lead == "balanced_accuracy" else _LABELS[k]  # noqa: E731
+    parts = [f"{label(key)} {format_metric(metrics.get(key), ci95.get(key))}" for key in keys]
     return ", ".join(parts) + (f", n={n}" if n is not None else "")
 
 
@@ -53,6 +58,9 @@ class Reporter:
         if getattr(trainer, "cpu", None) is not None:
             self.say(trainer.cpu.describe())
         self.say(trainer.plan.describe())
+        if getattr(trainer, "balance", None) is not None:
+            self.say(trainer.balance.describe())
+            self.say(trainer.balancing.describe())
         self.say(f"training {format_count(trainable)} of {format_count(total)} parameters ({100 * trainable / total:.2f}%)")
         self.say(f"run folder: {trainer.run_dir}")
 
@@ -67,19 +75,31 @@ class Reporter:
             task = progress.add_task("train", total=batches, loss=float("nan"))
             yield lambda loss: progress.update(task, advance=1, loss=loss)
 
-    def epoch_line(self, record: dict[str, Any], improved: bool) -> None:
+    def epoch_line(self, record: dict[str, Any], improved: bool, monitor: str = "accuracy") -> None:
         acc, nll = record.get("selection_accuracy"), record.get("selection_nll")
         chosen = ("" if "selection_accuracy" not in record else
                   f"selection acc {acc if acc is None else f'{acc:.4f}'}  selection loss {nll or float('nan'):.4f}  ")
+        if chosen and monitor != "accuracy":  # the metric that chooses the epoch is shown too
+            value = record.get(f"selection_{monitor}")
+            chosen += f"selection {_LABELS.get(monitor, monitor)} {value if value is None else f'{value:.4f}'}  "
         self.say(
             f"epoch {record['epoch']:>3}  train loss {record['train_loss']:.4f}  train acc {record['train_accuracy']:.3f}  "
             f"{chosen}{record['time_s']:.1f}s" + ("  *best" if improved and chosen else "")
         )
 
-    def summary(self, summary: dict[str, Any], run_dir: Path) -> None:
+    def summary(self, summary: dict[str, Any], run_dir: Path, details: dict[str, Any] | None = None) -> None:
+        """The closing lines: the kept epoch and the test metrics with intervals; on imbalanced data led by
+        balanced accuracy and followed by per-class recall/precision/F1 (lowest recall first)."""
         data = summary.get("data") or {}
         how = ("the last epoch (--select last)" if summary.get("select") == "last"
-               else "chosen on the selection split")
+               else f"chosen on the selection split's {summary.get('monitor', 'accuracy').replace('_', ' ')}")
         self.say(f"epoch {summary['selected_epoch']} kept, {how} ({summary['time_s']:.0f}s) -> {run_dir}")
-        self.say(f"test: {metrics_line(summary['metrics'], summary.get('ci95'), data.get('n_test'))}"
+        balance = summary.get("balance") or {}
+        lead = balance.get("lead_metric", "accuracy")
+        self.say(f"test: {metrics_line(summary['metrics'], summary.get('ci95'), data.get('n_test'), lead)}"
                  "  (nothing was chosen on these images)")
+        if balance.get("imbalanced") and details:
+            from transferkit.metrics.classification import format_per_class
+
+            self.say(f"imbalanced data ({balance.get('ratio') or 'inf'}:1 in train): per class on the test split")
+            self.say(format_per_class(details))

@@ -24,6 +24,8 @@ from transferkit.data.gpu import EncodedDataset, GpuPreprocessor, collate_encode
 from transferkit.engine import distributed as ddp
 from transferkit.engine.hooks import HOOKS_FILE, TrainerHook
 from transferkit.engine.checkpoint import load_training_state, prepare_fresh_run, save_training_state, verify_split
+from transferkit.data.balance import class_weights, measure_balance, resolve_balancing
+from transferkit.engine.balancing import choose_tau, fold_into_head
 from transferkit.engine.l2sp import L2SP
 from transferkit.engine.loop import StepContext, pick_device, predict_loader, train_one_epoch
 from transferkit.engine.oom import oom_guard
@@ -160,6 +162,11 @@ class Trainer:
         self.spec: BackboneSpec = resolve_spec(cfg.model.backbone, cfg.model.weights).with_input_size(
             cfg.model.input_size).with_normalization(cfg.model.mean, cfg.model.std)
         self.data: DataSplits = prepare_data(cfg.data, draft_size=resize_size(self.spec), select=cfg.engine.select)
+        self.balance = measure_balance(self.data.classes, {"train": self.data.train, "selection": self.data.selection,
+                                                           "test": self.data.test})
+        self.balancing = resolve_balancing(cfg, self.balance)  # monitor, class weights, sampler, logit adjustment
+        w = self.balancing.weights
+        self.loss_weights = None if w is None else torch.tensor(w, dtype=torch.float32, device=self.device)
         scratch = not uses_pretrained(cfg.strategy.name)  # random initialisation: no pretrained weights
         self.model: TransferModel = build_model(
             self.spec,
@@ -275,6 +282,7 @@ class Trainer:
             channels_last=cfg.engine.channels_last,
             grad_clip=cfg.optim.grad_clip,
             label_smoothing=cfg.optim.label_smoothing,
+            class_weights=self.loss_weights,
             extra_loss=self.l2sp.loss if self.l2sp else None,
             drop_grads_of=self._frozen_now(epoch) if self.dist.enabled else [],
         )
@@ -301,7 +309,7 @@ class Trainer:
         """Hooks see the record; it is printed and logged, and the checkpoint committed (rank 0 writes)."""
         for hook in self.hooks:
             hook.on_epoch_end(self, epoch, record)
-        self.reporter.epoch_line(record, improved=self.state.best_epoch == epoch)
+        self.reporter.epoch_line(record, improved=self.state.best_epoch == epoch, monitor=self.balancing.monitor)
         if self.dist.main:  # only rank 0 writes the run folder
             append_jsonl(self.run_dir / "metrics.jsonl", record)
             save_training_state(self.run_dir, self.model, self.optimizer, self._state_info(), self._hook_tensors())
@@ -320,7 +328,7 @@ class Trainer:
         apply_plan(self.model, self.index, self.optimizer, self.plan, epoch, toggle_requires_grad=not self.dist.enabled)
         tick = time.perf_counter()
         selection = self.data.selection  # the split that chooses (epoch, L2 strength); a test split never does
-        fit = self.cached.fit_probe(selection, self._selection_score)
+        fit = self.cached.fit_probe(selection, self._selection_score, self._probe_class_weight())
         self.reporter.say(
             f"head: converged linear probe (L-BFGS logistic regression on {fit.train_rows} standardised cached rows, "
             f"l2 {fit.l2:.3g} chosen by log loss on the {fit.selected_on}) in place of {done - epoch} head-only epoch(s); "
@@ -339,9 +347,17 @@ class Trainer:
         self._track_best(chosen, done - 1)
         self._end_epoch(done - 1, record)
 
+    def _probe_class_weight(self) -> dict[int, float] | None:
+        """The probe's class weights: the run's loss weights; under the balanced sampler (a full-batch fit
+        draws no batches) the inverse-frequency weights it equals in expectation."""
+        w = self.balancing.weights
+        if w is None and self.balancing.sampler == "balanced":
+            w = class_weights(self.balance.train, "balanced")
+        return None if w is None else {i: float(v) for i, v in enumerate(w)}
+
     def _selection_score(self, labels: np.ndarray, probs: np.ndarray) -> float:
         """The monitored metric, as _track_best ranks epochs (None counts as 0)."""
-        return summary_metrics(labels, probs, len(self.data.classes)).get(self.cfg.engine.monitor) or 0.0
+        return summary_metrics(labels, probs, len(self.data.classes)).get(self.balancing.monitor) or 0.0
 
     def _skip(self, path: str, reason: str) -> None:
         if path not in self.state.skipped:
@@ -362,14 +378,15 @@ class Trainer:
         """(batches, on_failed): the CPU path (PIL in workers) or the GPU path (bytes -> nvJPEG)."""
         cfg, draft = self.cfg, resize_size(self.spec)
         batch = self.local_batch if train else self.local_batch * 2
+        balanced = train and self.balancing.sampler == "balanced"
         common = dict(seed=cfg.engine.seed if train else 0, epoch=epoch if train else 0, workers=self.cpu.workers,
                       rank=self.dist.rank, world_size=self.dist.world_size, pin_memory=self.device.type == "cuda")
         if not self._gpu_decode():
             transform = train_transform(self.spec, cfg.data.augment) if train else eval_transform(self.spec)
             dataset = ImageDataset(samples, transform, draft, augment_seed(cfg.engine.seed, epoch) if train else None)
-            return make_loader(dataset, batch, train, **common), self._failed_handler(dataset)
+            return make_loader(dataset, batch, train, balanced=balanced, **common), self._failed_handler(dataset)
         dataset = EncodedDataset(samples, draft)
-        loader = make_loader(dataset, batch, train, collate_fn=collate_encoded, **common)
+        loader = make_loader(dataset, batch, train, collate_fn=collate_encoded, balanced=balanced, **common)
         prep = GpuPreprocessor(self.spec, self.device, train, cfg.data.augment, samples,
                                seed=augment_seed(cfg.engine.seed, epoch))
         return _Mapped(loader, prep), self._failed_handler(dataset)
@@ -417,7 +434,7 @@ class Trainer:
             if self.dist.main:
                 save_model(self.run_dir, self.model, self.data.classes, self._head_meta())
             return
-        monitor = self.cfg.engine.monitor
+        monitor = self.balancing.monitor
         if monitor not in metrics:
             raise ConfigError(f"engine.monitor {monitor!r} is not a metric; use one of {', '.join(metrics)}")
         key = (metrics[monitor] or 0.0, -(metrics.get("nll") or 0.0))
@@ -479,6 +496,7 @@ class Trainer:
         best = load_run(self.run_dir, device=str(self.device))
         self.model.load_state_dict(best.model.state_dict())
         cached = self._uses_cache(self.state.epoch - 1)  # the backbone was never trained: embeddings still hold
+        adjustment = self._adjust_logits(cached) if self.balancing.logit_adjust == "tuned" else None
         # the test split is evaluated here, once, with the model already chosen; nothing below chooses
         test = self._evaluate(self.data.test, cached)
         details = detailed_metrics(test["labels"], test["probs"], self.data.classes)
@@ -489,9 +507,14 @@ class Trainer:
             "metrics": details["metrics"],  # the test split's: nothing was chosen on it
             "metrics_split": "test",
             "ci95": details["ci95"],
+            "per_class": details["per_class"],  # test split: precision/recall/F1, support and 95% intervals
             "selection_metrics": selection["metrics"] if selection else None,
             "select": self.cfg.engine.select,
             "selected_epoch": self.state.best_epoch + 1,
+            "monitor": self.balancing.monitor,
+            "balance": self.balance.to_dict(self.balancing.lead_metric),
+            "balancing": self.balancing.to_dict(),
+            "logit_adjustment": adjustment,
             "protocol": self.data.protocol(),
             "params": {"trainable": trainable, "total": total},
             "epochs_run": self.state.epoch,
@@ -515,8 +538,26 @@ class Trainer:
         write_json(self.run_dir / "summary.json", summary)
         for hook in self.after_fit:
             hook(self.run_dir, self.model)
-        self.reporter.summary(summary, self.run_dir)
+        self.reporter.summary(summary, self.run_dir, details)
         return RunResult(self.run_dir, summary)
+
+    def _adjust_logits(self, cached: bool) -> dict[str, Any]:
+        """Choose tau on the selection split (1 without one) and fold the adjustment into the chosen model."""
+        prior = self.balance.prior()
+        if self.data.selection:
+            sel = self._evaluate(self.data.selection, cached)
+            k = len(self.data.classes)
+            record = choose_tau(sel["labels"], sel["probs"], prior, lambda y, p: summary_metrics(y, p, k),
+                                self.balancing.monitor)
+            record["chosen_on"] = "selection"
+        else:
+            record = {"tau": 1.0, "chosen_on": "fixed (no selection split): Menon et al.'s tau = 1"}
+        fold_into_head(self.model.head, prior, record["tau"])
+        if self.dist.main:
+            save_model(self.run_dir, self.model, self.data.classes, self._head_meta())
+        record["prior"] = [round(float(p), 6) for p in prior]
+        self.reporter.say(f"logit adjustment: tau {record['tau']:g} ({record['chosen_on']})")
+        return record
 
     def _write_predictions(self, split: str, samples, result: dict[str, Any]) -> None:
         """Per-image probabilities of the final model (the report's galleries and calibration use them)."""

@@ -23,12 +23,13 @@ any training set beyond :data:`~transferkit.features.probe.PROBE_MAX_BYTES`, kee
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from transferkit.config import RunCfg
+from transferkit.data.balance import balanced_indices
 from transferkit.models.runtime import predict_loader
 from transferkit.features.cache import FeatureCache, ViewRows
 from transferkit.features.extract import torch_threads
@@ -116,11 +117,19 @@ class FeatureSet:
             out[mask] = self.views[v].read(self.which[v][sel[mask]], stream=True)
         return torch.from_numpy(out).float()
 
-    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0, epoch: int = 0) -> "FeatureBatches":
-        """Mini-batches in the dict form of the engine's image loaders; order and views a pure function of (seed, epoch)."""
+    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0, epoch: int = 0,
+                balanced: bool = False) -> "FeatureBatches":
+        """Mini-batches in the dict form of the engine's image loaders; order and views a pure function of (seed, epoch).
+
+        ``balanced``: as many rows as a plain epoch, drawn with replacement, every class equally likely
+        (``data.sampler balanced``, as :class:`transferkit.data.balance.BalancedSampler` on images).
+        """
         g = torch.Generator().manual_seed(seed * 100_003 + epoch * 1_009)
         n = len(self)
-        order = torch.randperm(n, generator=g).numpy() if shuffle else np.arange(n)
+        if balanced:
+            order = balanced_indices(self.labels.numpy(), n, g)
+        else:
+            order = torch.randperm(n, generator=g).numpy() if shuffle else np.arange(n)
         view = torch.randint(len(self.views), (n,), generator=g).numpy() if shuffle and len(self.views) > 1 else np.zeros(n, np.int64)
         return FeatureBatches(self, batch_size, order, view)
 
@@ -185,9 +194,10 @@ class CachedHead:
 
     def train_batches(self, epoch: int) -> FeatureBatches:
         e = self.cfg.engine
-        return self._set(self.data.train).batches(e.batch_size, shuffle=True, seed=e.seed, epoch=epoch)
+        return self._set(self.data.train).batches(e.batch_size, shuffle=True, seed=e.seed, epoch=epoch,
+                                                  balanced=self.cfg.data.sampler == "balanced")
 
-    def fit_probe(self, selection: Sequence[Any], score: Score) -> ProbeFit:
+    def fit_probe(self, selection: Sequence[Any], score: Score, class_weight: Mapping[int, float] | None = None) -> ProbeFit:
         """Fit the converged linear probe on the training rows, choose its L2 strength on ``selection``
         (the split that chooses; never a test split; empty under ``--select last``: then by k-fold
         cross-validation on the training rows) with ``score(labels, probs)``, and load the folded
@@ -197,7 +207,8 @@ class CachedHead:
             raise ValueError(f"the probe fits a head with one Linear layer; this head has {len(linears)}")
         train_x, train_y = self._set(self.data.train).matrix()
         chooser = self._set(selection).matrix() if len(selection) else None
-        fit = fit_linear_probe(train_x, train_y, chooser, n_classes=linears[0].out_features, score=score)
+        fit = fit_linear_probe(train_x, train_y, chooser, n_classes=linears[0].out_features, score=score,
+                               class_weight=None if class_weight is None else dict(class_weight))
         fit.load_into(linears[0])
         return fit
 

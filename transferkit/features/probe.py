@@ -151,9 +151,15 @@ def _accuracy(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(accuracy_score(labels, probs.argmax(axis=1)))
 
 
-def _nll(labels: np.ndarray, probs: np.ndarray, classes: np.ndarray) -> float:
+def _nll(labels: np.ndarray, probs: np.ndarray, classes: np.ndarray, class_weight: Any = None) -> float:
+    """Mean log loss; with class weights the weighted mean (the objective the weighted probe minimises, so
+    on imbalanced data the strength is chosen for the rare classes too, not for the majority alone)."""
     column = np.searchsorted(classes, labels)
-    return float(-np.log(np.clip(probs[np.arange(len(labels)), column], 1e-12, 1.0)).mean())
+    losses = -np.log(np.clip(probs[np.arange(len(labels)), column], 1e-12, 1.0))
+    if not isinstance(class_weight, Mapping):
+        return float(losses.mean())
+    w = np.array([class_weight.get(int(c), 1.0) for c in labels], dtype=np.float64)
+    return float((w * losses).sum() / w.sum())
 
 
 def _expand(probs: np.ndarray, present: np.ndarray, n_classes: int) -> np.ndarray:
@@ -281,9 +287,11 @@ def fit_linear_probe(
     )
 
 
-def _candidate(l2: float, rows: int, sel_y: np.ndarray, probs: np.ndarray, score: Score, iterations: int) -> dict[str, Any]:
+def _candidate(l2: float, rows: int, sel_y: np.ndarray, probs: np.ndarray, score: Score, iterations: int,
+               class_weight: Any = None) -> dict[str, Any]:
     return {"l2": l2, "C": 1.0 / (l2 * rows), "score": float(score(sel_y, probs)),
-            "nll": _nll(sel_y, probs, np.arange(probs.shape[1])), "iterations": iterations, "converged": iterations < MAX_ITER}
+            "nll": _nll(sel_y, probs, np.arange(probs.shape[1]), class_weight), "iterations": iterations,
+            "converged": iterations < MAX_ITER}
 
 
 def _score_on_split(data: _Standardised, y: np.ndarray, selection, grid, class_weight, score, n_classes):
@@ -292,7 +300,7 @@ def _score_on_split(data: _Standardised, y: np.ndarray, selection, grid, class_w
     candidates = []
     for l2, model, iterations in fits:
         probs = _expand(model.predict_proba(sel_x), model.classes_, n_classes)
-        candidates.append(_candidate(l2, len(y), sel_y, probs, score, iterations))
+        candidates.append(_candidate(l2, len(y), sel_y, probs, score, iterations, class_weight))
     return candidates, fits
 
 
@@ -303,7 +311,7 @@ def _score_by_folds(data: _Standardised, y: np.ndarray, grid, class_weight, scor
         for l2, model, _ in _sweep(data.x[fit_rows], y[fit_rows], grid, class_weight):
             probs[l2][held_rows] = _expand(model.predict_proba(data.x[held_rows]), model.classes_, n_classes)
     fits = _sweep(data.x, y, grid, class_weight)
-    candidates = [_candidate(l2, len(y), y, probs[l2], score, iterations) for l2, _, iterations in fits]
+    candidates = [_candidate(l2, len(y), y, probs[l2], score, iterations, class_weight) for l2, _, iterations in fits]
     return candidates, fits
 
 

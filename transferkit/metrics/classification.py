@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from sklearn import metrics as skm
 
-from transferkit.metrics.intervals import bootstrap_intervals
+from transferkit.metrics.intervals import bootstrap_intervals, per_class_intervals
 
-__all__ = ["summary_metrics", "detailed_metrics", "expected_calibration_error", "format_metric"]
+__all__ = ["summary_metrics", "detailed_metrics", "expected_calibration_error", "format_metric", "format_per_class"]
 
 
 def _roc_auc(labels: np.ndarray, probs: np.ndarray, n_classes: int) -> float | None:
@@ -71,7 +71,13 @@ def expected_calibration_error(labels: Sequence[int], probs: np.ndarray, bins: i
 
 
 def detailed_metrics(labels: Sequence[int], probs: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
-    """Summary + per-class precision/recall/F1/support + confusion matrix + calibration."""
+    """Summary + per-class precision/recall/F1/support + confusion matrix + calibration.
+
+    ``per_class[name]`` is ``{"precision", "recall", "f1", "support", "ci95"}``; ``ci95`` holds
+    ``{"precision": [low, high] | None, "recall": ..., "f1": ...}`` from the same stratified bootstrap as the
+    summary's ``ci95`` (1,000 resamples, seed 0). None: undefined (a class never predicted has no precision,
+    an absent class no recall), while the point value keeps scikit-learn's ``zero_division=0`` convention.
+    """
     y = np.asarray(labels, dtype=np.int64)
     p = np.asarray(probs, dtype=np.float64)
     n = len(classes)
@@ -79,8 +85,10 @@ def detailed_metrics(labels: Sequence[int], probs: np.ndarray, classes: Sequence
     precision, recall, f1, support = skm.precision_recall_fscore_support(
         y, pred, labels=list(range(n)), zero_division=0
     )
+    intervals = per_class_intervals(y, p, n, n_resamples=1000, seed=0)
     per_class = {
-        c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+        c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i]),
+            "ci95": intervals[i]}
         for i, c in enumerate(classes)
     }
     return {
@@ -101,3 +109,26 @@ def format_metric(value: float | None, interval: Sequence[float] | None = None, 
         return "n/a"
     text = f"{value:.{digits}f}"
     return text if interval is None else f"{text} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
+
+
+def format_per_class(details: Mapping[str, Any], digits: int = 3) -> str:
+    """Per-class table for the terminal: class, n, recall, precision and F1, each with its 95% interval.
+
+    ``details`` is what :func:`detailed_metrics` returns (``test_metrics.json``, ``evaluation.json``). Rows run
+    from the lowest recall up, so a rare class the model misses is the first line read; classes with no
+    test images (no recall) come last. Results without per-class intervals (older runs) print values only.
+    """
+    rows = list((details.get("per_class") or {}).items())
+    order = sorted(range(len(rows)), key=lambda i: (rows[i][1].get("support", 0) == 0, rows[i][1].get("recall", 0.0), i))
+    lines = []
+    for i in order:
+        name, row = rows[i]
+        ci = row.get("ci95") or {}
+        recall = row.get("recall") if row.get("support", 0) else None
+        lines.append((str(name), str(row.get("support", "?")), format_metric(recall, ci.get("recall"), digits),
+                      format_metric(row.get("precision"), ci.get("precision"), digits),
+                      format_metric(row.get("f1"), ci.get("f1"), digits)))
+    header = ("class", "n", "recall [95% CI]", "precision [95% CI]", "F1 [95% CI]")
+    widths = [max(len(r[j]) for r in [header, *lines]) for j in range(len(header))]
+    return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  " + "  ".join(f"{v:<{w}}" for v, w in zip(r[2:], widths[2:]))
+                     .rstrip() for r in [header, *lines])

@@ -8,6 +8,11 @@ resample through one ``bincount``, ROC-AUC through ranks, the Mann-Whitney form)
 1,000+ resamples cost milliseconds; ``scipy.stats.rankdata`` ranks with ties averaged, as scikit-learn's
 ``roc_auc_score`` counts them. The point estimates equal ``summary_metrics`` (tested).
 
+:func:`per_class_intervals` gives each class's precision, recall and F1 an interval from the same resamples
+(same seed, same index matrix) as :func:`bootstrap_intervals`, so the per-class and summary intervals of a
+run describe one bootstrap. A class's count is fixed in every resample, so its recall interval is the
+uncertainty of that class alone; precision is undefined in a resample where the class is never predicted.
+
 Intervals are percentile intervals (Efron & Tibshirani 1993). Paired comparisons (the same test images,
 the same seeds for both models) use a two-level bootstrap: seeds are resampled with replacement and,
 within each replicate, the test images (stratified, the same images for both models), following
@@ -26,13 +31,23 @@ __all__ = [
     "stratified_resamples",
     "resampled_metrics",
     "bootstrap_intervals",
+    "PER_CLASS_METRICS",
+    "per_class_intervals",
+    "resampled_per_class",
     "paired_difference",
     "seed_image_interval",
     "verdict",
 ]
 
 INTERVAL_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
-_CHUNK_CELLS = 4_000_000  # resamples x images handled at once: bounds memory on large test sets
+PER_CLASS_METRICS = ("precision", "recall", "f1")
+_CHUNK_CELLS = 4_000_000  # resamples x images (and resamples x classes^2) handled at once: bounds memory
+
+
+def _chunk_rows(n_images: int, n_classes: int) -> int:
+    """Resamples per chunk: keeps both the index slice and the per-resample confusion matrices near
+    ``_CHUNK_CELLS`` cells (many classes make the confusion matrices the larger of the two)."""
+    return max(1, _CHUNK_CELLS // max(1, n_images, n_classes * n_classes))
 
 
 def stratified_resamples(labels: Sequence[int], n_resamples: int, seed: int) -> np.ndarray:
@@ -70,7 +85,7 @@ def resampled_metrics(labels: Sequence[int], probs: np.ndarray, index: np.ndarra
     y_all = np.asarray(labels, dtype=np.int64)
     p_all = np.asarray(probs, dtype=np.float64)
     pred_all = p_all.argmax(axis=1)
-    chunk = max(1, _CHUNK_CELLS // max(1, index.shape[1]))
+    chunk = _chunk_rows(index.shape[1], n_classes)
     parts: dict[str, list[np.ndarray]] = {m: [] for m in metrics}
     for start in range(0, index.shape[0], chunk):
         idx = index[start:start + chunk]
@@ -80,14 +95,21 @@ def resampled_metrics(labels: Sequence[int], probs: np.ndarray, index: np.ndarra
     return {name: np.concatenate(values) for name, values in parts.items()}
 
 
+def _counts(y_all: np.ndarray, pred_all: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per resample (row of ``idx``) and class: true positives, support and times predicted (``rows x k``
+    each), read off a confusion matrix per resample built by one ``bincount``."""
+    rows = idx.shape[0]
+    flat = (np.arange(rows)[:, None] * k * k + y_all[idx] * k + pred_all[idx]).ravel()
+    cm = np.bincount(flat, minlength=rows * k * k).reshape(rows, k, k)
+    tp = np.diagonal(cm, axis1=1, axis2=2).astype(np.float64)
+    return tp, cm.sum(axis=2), cm.sum(axis=1)
+
+
 def _metrics_of(y_all: np.ndarray, p_all: np.ndarray, pred_all: np.ndarray, idx: np.ndarray, k: int,
                 want_auc: bool) -> dict[str, np.ndarray]:
     rows = idx.shape[0]
-    y, pred = y_all[idx], pred_all[idx]
-    flat = (np.arange(rows)[:, None] * k * k + y * k + pred).ravel()
-    cm = np.bincount(flat, minlength=rows * k * k).reshape(rows, k, k)
-    tp = np.diagonal(cm, axis1=1, axis2=2).astype(np.float64)
-    support, predicted = cm.sum(axis=2), cm.sum(axis=1)
+    y = y_all[idx]
+    tp, support, predicted = _counts(y_all, pred_all, idx, k)
     with np.errstate(invalid="ignore", divide="ignore"):
         recall = np.where(support > 0, tp / support, np.nan)
         f1 = np.where(support + predicted > 0, 2 * tp / (support + predicted), 0.0)
@@ -117,6 +139,43 @@ def bootstrap_intervals(labels: Sequence[int], probs: np.ndarray, n_classes: int
         return {m: None for m in metrics}
     values = resampled_metrics(y, probs, stratified_resamples(y, n_resamples, seed), n_classes, metrics)
     return {name: _percentile(v, confidence) for name, v in values.items()}
+
+
+def resampled_per_class(labels: Sequence[int], probs: np.ndarray, index: np.ndarray,
+                        n_classes: int) -> dict[str, np.ndarray]:
+    """Precision, recall and F1 of every class in every resample: ``{metric: resamples x n_classes}``.
+
+    Definitions follow scikit-learn's ``precision_recall_fscore_support(..., zero_division=0)`` where a value
+    is defined; where it is not, the value is nan rather than 0 (so an interval is not drawn towards a
+    convention): precision of a class not predicted in the resample, recall of a class with no images.
+    F1 is ``2 tp / (support + predicted)``, 0 when both are 0, as scikit-learn and macro-F1 count it.
+    """
+    y_all = np.asarray(labels, dtype=np.int64)
+    pred_all = np.asarray(probs, dtype=np.float64).argmax(axis=1)
+    chunk = _chunk_rows(index.shape[1], n_classes)
+    parts: dict[str, list[np.ndarray]] = {m: [] for m in PER_CLASS_METRICS}
+    for start in range(0, index.shape[0], chunk):
+        tp, support, predicted = _counts(y_all, pred_all, index[start:start + chunk], n_classes)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            parts["precision"].append(np.where(predicted > 0, tp / predicted, np.nan))
+            parts["recall"].append(np.where(support > 0, tp / support, np.nan))
+            parts["f1"].append(np.where(support + predicted > 0, 2 * tp / (support + predicted), 0.0))
+    return {name: np.concatenate(values) for name, values in parts.items()}
+
+
+def per_class_intervals(labels: Sequence[int], probs: np.ndarray, n_classes: int, n_resamples: int = 1000,
+                        seed: int = 0, confidence: float = 0.95) -> list[dict[str, list[float] | None]]:
+    """One ``{"precision": [low, high] | None, "recall": ..., "f1": ...}`` per class index.
+
+    Percentile intervals from the same stratified resamples as :func:`bootstrap_intervals` with the same
+    ``seed``. None where the figure is undefined in more than 10% of the resamples: precision of a class the
+    model (almost) never predicts, recall of a class absent from ``labels``.
+    """
+    y = np.asarray(labels, dtype=np.int64)
+    if len(y) == 0:
+        return [{m: None for m in PER_CLASS_METRICS} for _ in range(n_classes)]
+    values = resampled_per_class(y, probs, stratified_resamples(y, n_resamples, seed), n_classes)
+    return [{m: _percentile(values[m][:, c], confidence) for m in PER_CLASS_METRICS} for c in range(n_classes)]
 
 
 def _percentile(values: np.ndarray, confidence: float) -> list[float] | None:

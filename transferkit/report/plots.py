@@ -109,7 +109,12 @@ def plan_chart(plan: Mapping[str, Any]) -> str | None:
 
 
 def confusion_matrices(matrix: Sequence[Sequence[int]], classes: Sequence[str]) -> str:
-    """Counts and row-normalised (per true class: recall on the diagonal) side by side."""
+    """Row-normalised (per true class: recall on the diagonal) first, on the left, then the counts.
+
+    The normalised matrix leads because with imbalanced classes the counts are dominated by the large
+    classes: a rare class missed entirely is a faint row of small numbers in counts, a pale diagonal cell
+    when each row sums to 1.
+    """
     cm = np.asarray(matrix, dtype=np.int64)
     n = len(classes)
     side = min(3.2 + 0.4 * n, 10)
@@ -118,8 +123,8 @@ def confusion_matrices(matrix: Sequence[Sequence[int]], classes: Sequence[str]) 
     show_values = n <= 15  # beyond that the numbers overlap; the colours still read
     with figure(ncols=2, width=side, height=side * 0.85) as (fig, axes):
         for ax, values, fmt, title in (
-            (axes[0, 0], cm, "d", "Confusion matrix (counts)"),
-            (axes[0, 1], normalised, ".2f", "Normalised by true class (rows sum to 1)"),
+            (axes[0, 0], normalised, ".2f", "Normalised by true class (rows sum to 1)"),
+            (axes[0, 1], cm, "d", "Confusion matrix (counts)"),
         ):
             display = skm.ConfusionMatrixDisplay(values, display_labels=list(classes))
             display.plot(ax=ax, cmap="Blues", values_format=fmt, colorbar=False, include_values=show_values,

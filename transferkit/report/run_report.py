@@ -20,6 +20,7 @@ from transferkit.report.sections import (
     confusion_section,
     gallery_section,
     guarded,
+    lowest_recall,
     observations,
     observations_html,
     per_class_section,
@@ -87,10 +88,26 @@ def _metrics_table(rows: Sequence[tuple[str, Mapping[str, Any] | None]], ece: Ma
     return table(headers, body, numeric=tuple(range(1, len(headers))))
 
 
-def _headline(metrics: Mapping[str, Any], ci95: Mapping[str, Any] | None = None) -> str:
-    """The four headline figures, each with its 95% interval when the run recorded one."""
+def _headline(metrics: Mapping[str, Any], ci95: Mapping[str, Any] | None = None,
+              per_class: Mapping[str, Any] | None = None, imbalanced: bool = False) -> str:
+    """The four headline figures, each with its 95% interval when the run recorded one.
+
+    With imbalanced classes (``summary["balance"]["imbalanced"]``) balanced accuracy leads, followed by the
+    lowest per-class recall (the class named, with its interval), then macro F1, accuracy and ROC AUC:
+    accuracy first would let the large classes hide a rare class the model misses.
+    """
     ci95 = ci95 or {}
-    return cards([(label, format_metric(metrics.get(key), ci95.get(key))) for key, label in METRIC_NAMES[:4]])
+    names = dict(METRIC_NAMES)
+    if not imbalanced:
+        return cards([(label, format_metric(metrics.get(key), ci95.get(key))) for key, label in METRIC_NAMES[:4]])
+    items = [(names["balanced_accuracy"], format_metric(metrics.get("balanced_accuracy"), ci95.get("balanced_accuracy")))]
+    worst = lowest_recall(per_class)
+    if worst is not None:
+        name, row = worst
+        items.append((f"lowest recall: {name} (n={row.get('support', '?')})",
+                      format_metric(row["recall"], (row.get("ci95") or {}).get("recall"))))
+    items += [(names[key], format_metric(metrics.get(key), ci95.get(key))) for key in ("macro_f1", "accuracy", "roc_auc")]
+    return cards(items)
 
 
 def _summary_section(run_dir: Path, summary: Mapping[str, Any], spec: BackboneSpec | None, details: Mapping[str, Any] | None,
@@ -115,9 +132,13 @@ def _summary_section(run_dir: Path, summary: Mapping[str, Any], spec: BackboneSp
     ]
     metrics = (details or {}).get("metrics") or summary.get("metrics") or {}
     ece = {"test": ((details or {}).get("calibration") or {}).get("ece")}
-    parts = [_headline(metrics, (details or {}).get("ci95") or summary.get("ci95")), kv_table(pairs),
+    balance = summary.get("balance") or {}  # absent in runs written before the trainer recorded class balance
+    per_class = (details or {}).get("per_class") or summary.get("per_class")
+    headline = _headline(metrics, (details or {}).get("ci95") or summary.get("ci95"), per_class,
+                         imbalanced=bool(balance.get("imbalanced")))
+    parts = [headline, kv_table(pairs),
              _metrics_table([("test", metrics), ("selection (chose the epoch; optimistic)", summary.get("selection_metrics"))], ece),
-             observations_html(observations(ev, rows))]
+             observations_html(observations(ev, rows, balance))]
     if summary.get("interrupted"):
         parts.insert(0, note("This run was interrupted; the report shows the best epoch reached.", "warn"))
     return "".join(parts)
@@ -244,7 +265,7 @@ def build_evaluation_report(
         if spec is not None:
             pairs.insert(1, ("backbone", f"{spec.name} — {spec.description}"))
         ece = {"evaluation": (report.get("calibration") or {}).get("ece")}
-        return (_headline(report.get("metrics") or {}) + kv_table(pairs)
+        return (_headline(report.get("metrics") or {}, report.get("ci95")) + kv_table(pairs)
                 + _metrics_table([("evaluation", report.get("metrics"))], ece) + observations_html(observations(ev)))
 
     sections = [guarded("summary", "Summary", summary), *_metric_sections(ev),

@@ -9,12 +9,14 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from transferkit.metrics.classification import format_metric
 from transferkit.report import plots
 from transferkit.report.html import Raw, Section, esc, fmt_num, img, note, table
 from transferkit.report.style import image_to_uri
 
 __all__ = ["Evidence", "guarded", "confusion_section", "per_class_section", "roc_section", "calibration_section",
-           "gallery_section", "skipped_section", "observations", "observations_html", "GALLERY_SIZE"]
+           "gallery_section", "skipped_section", "observations", "observations_html", "lowest_recall",
+           "imbalance_text", "GALLERY_SIZE"]
 
 log = logging.getLogger(__name__)
 GALLERY_SIZE = 8
@@ -69,23 +71,59 @@ def confusion_section(ev: Evidence) -> str:
     return (
         img(plots.confusion_matrices(cm, ev.classes), "confusion matrices",
             "Rows are the true class, columns the prediction; the diagonal holds the correct predictions. "
-            "On the right each row is divided by its total, so the diagonal is each class's recall.")
+            "Left, shown first: normalised by true class (each row divided by its total), so the diagonal is each "
+            "class's recall and a rare class weighs as much as a common one. Right: the counts.")
         + f"<p>Most frequent confusions (true → predicted): {esc(text)}.</p>"
     )
 
 
+def lowest_recall(per_class: Mapping[str, Mapping[str, Any]] | None) -> tuple[str, Mapping[str, Any]] | None:
+    """The class with the lowest recall among those with test images (the first on ties); None if none.
+
+    A class with no test images has no recall (scikit-learn's 0 there is a convention, not a failure)."""
+    present = [(name, row) for name, row in (per_class or {}).items() if row.get("support", 1)]
+    return min(present, key=lambda kv: kv[1]["recall"], default=None)
+
+
+def _has_intervals(per_class: Mapping[str, Mapping[str, Any]]) -> bool:
+    return any("ci95" in row for row in per_class.values())
+
+
 def per_class_section(ev: Evidence) -> str:
+    """Precision, recall, F1 and support per class, in class order; with their 95% intervals when the
+    metrics file has them (runs written before per-class intervals show the values alone, as they did)."""
     if not ev.details:
         return note("No per-class metrics: the metrics file is missing.")
     cm = np.asarray(ev.details["confusion_matrix"])
+    per_class = ev.details["per_class"]
+    intervals = _has_intervals(per_class)
+    worst = lowest_recall(per_class) if intervals else None
+    recalls = [row["recall"] for row in per_class.values() if row.get("support", 1)]
+    if worst is not None and min(recalls) == max(recalls):
+        worst = None  # every class has the same recall: no class to point at
     rows = []
-    for i, (name, row) in enumerate(ev.details["per_class"].items()):
+    for i, (name, row) in enumerate(per_class.items()):
         wrong = [(int(cm[i, j]), ev.classes[j]) for j in range(len(cm)) if j != i and cm[i, j]]
         confused = max(wrong)[1] + f" ({max(wrong)[0]})" if wrong else "–"
-        rows.append([name, fmt_num(row["precision"]), fmt_num(row["recall"]), fmt_num(row["f1"]), fmt_num(row["support"]), confused])
+        if intervals:
+            ci = row.get("ci95") or {}
+            recall = row["recall"] if row.get("support", 1) else None  # no images of the class: no recall
+            cells = [format_metric(row["precision"], ci.get("precision"), 2), format_metric(recall, ci.get("recall"), 2),
+                     format_metric(row["f1"], ci.get("f1"), 2)]
+            label = Raw(f'{esc(name)} <span class="warn">· lowest recall</span>') if worst and name == worst[0] else name
+        else:
+            cells = [fmt_num(row["precision"]), fmt_num(row["recall"]), fmt_num(row["f1"])]
+            label = name
+        rows.append([label, *cells, fmt_num(row["support"]), confused])
+    caption = ("Precision: of the images predicted as the class, the fraction that are. "
+               "Recall: of the images of the class, the fraction found.")
+    if intervals:
+        caption += (" Each figure has its 95% interval [low, high] from a stratified bootstrap of the test images "
+                    "(1,000 resamples): the fewer images a class has (support), the wider its interval. A figure "
+                    "without an interval is undefined in most resamples (precision of a class the model rarely or "
+                    "never predicts; n/a: no test images of the class).")
     return table(["class", "precision", "recall", "F1", "support", "most often mistaken for"], rows, numeric=(1, 2, 3, 4),
-                 caption="Precision: of the images predicted as the class, the fraction that are. "
-                         "Recall: of the images of the class, the fraction found.")
+                 caption=caption)
 
 
 def roc_section(ev: Evidence) -> str:
@@ -182,14 +220,42 @@ def skipped_section(skipped: Sequence[Mapping[str, Any]]) -> str:
                  caption=f"{len(skipped)} file(s) could not be used and were left out.")
 
 
-def observations(ev: Evidence, rows: Sequence[Mapping[str, Any]] = ()) -> list[str]:
-    """A few plain-language findings worth a reader's attention."""
+def imbalance_text(balance: Mapping[str, Any] | None) -> str | None:
+    """The observation for an imbalanced training split (``summary["balance"]`` written by the trainer:
+    ratio = largest / smallest class count in the training split); None when balanced or not recorded."""
+    if not balance or not balance.get("imbalanced"):
+        return None
+    ratio = balance.get("ratio")
+    times = f"{ratio:.1f}×" if isinstance(ratio, (int, float)) and np.isfinite(ratio) else "many times"
+    counts = ((balance.get("counts") or {}).get("train") or {})
+    extremes = ""
+    if len(counts) >= 2:
+        big, small = max(counts, key=counts.get), min(counts, key=counts.get)
+        extremes = f" ({big}: {counts[big]:,}, {small}: {counts[small]:,})"
+    return (f"The training data is imbalanced: the largest class has {times} as many images as the smallest{extremes}. "
+            "Accuracy alone would hide missed rare classes, so balanced accuracy and per-class recall lead this report.")
+
+
+def observations(ev: Evidence, rows: Sequence[Mapping[str, Any]] = (),
+                 balance: Mapping[str, Any] | None = None) -> list[str]:
+    """A few plain-language findings worth a reader's attention.
+
+    ``balance`` is the run's ``summary["balance"]``; an imbalanced training split is the first finding."""
     out: list[str] = []
+    imbalanced = imbalance_text(balance)
+    if imbalanced:
+        out.append(imbalanced)
     if ev.details:
         cm = np.asarray(ev.details["confusion_matrix"])
-        worst = min(ev.details["per_class"].items(), key=lambda kv: kv[1]["recall"], default=None)
+        worst = lowest_recall(ev.details["per_class"])
         if worst is not None:
-            out.append(f"Hardest class: {worst[0]} (recall {worst[1]['recall']:.2f}).")
+            name, row = worst
+            ci = (row.get("ci95") or {}).get("recall")
+            if ci is None:
+                out.append(f"Hardest class: {name} (recall {row['recall']:.2f}).")
+            else:
+                out.append(f"Hardest class: {name} (recall {format_metric(row['recall'], ci, 2)}, "
+                           f"{row['support']:,} test image{'s' if row['support'] != 1 else ''}).")
         pairs = _most_confused(cm, ev.classes)
         if pairs:
             n, t, p = pairs[0]

@@ -187,14 +187,14 @@ class _Crash(Exception):
 
 
 def test_lp_ft_from_the_probe_resumes_bit_identically(tmp_path):
-    data = make_image_folder(tmp_path / "data", {"a": 8, "b": 8}, seed=5)
+    data = make_image_folder(tmp_path / "data", {"a": 10, "b": 10}, seed=5)
     params = dict(strategy="lp-ft", warmup_epochs=2, epochs=3, seed=7, lr=3e-3, **TINY)
     full = tk.train(data, out=str(tmp_path / "full"), **params)
     records = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [2, 3] and records[0]["head_fit"]["replaces_epochs"] == 2
     assert records[0]["trainable_groups"] == ["head"] and len(records[1]["trainable_groups"]) > 1
     assert full.summary["epochs_run"] == 3 and full.summary["head_fit"]["method"] == "probe"
-    steps = 2  # 13 training images at batch 8; fine-tuning starts at step 2 x 2: the probe kept the schedule
+    steps = 2  # 12 training images at batch 8; fine-tuning starts at step 2 x 2: the probe kept the schedule
     real = loop.optimizer_step
     seen: list[int] = []
 

@@ -1,0 +1,83 @@
+"""An imbalanced folder trained with defaults selects on balanced accuracy, balances its loss, and reports
+per-class evidence; the other balancing methods run on both the cached-embedding and the image path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import transferkit as tk
+import transferkit.engine.loop as loop_mod
+from conftest import make_image_folder
+from transferkit.export.runfiles import load_run
+from transferkit.models.runtime import predict_loader
+from transferkit.data.datasets import ImageDataset, make_loader
+from transferkit.data.transforms import eval_transform, resize_size
+
+FAST = dict(backbone="efficientnet_lite0", input_size=32, batch_size=8, workers=0, epochs=2, quiet=True)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("imbalanced") / "data", {"ok": 48, "dent": 10, "scratch": 7},
+                             size=36, seed=4)
+
+
+def test_defaults_on_an_imbalanced_folder_balance_the_loss_and_select_on_balanced_accuracy(folder, tmp_path, monkeypatch):
+    seen = []
+    real = loop_mod.classification_loss
+    monkeypatch.setattr(loop_mod, "classification_loss",
+                        lambda logits, labels, ctx: seen.append(ctx.class_weights) or real(logits, labels, ctx))
+    s = tk.train(folder, strategy="finetune", out=str(tmp_path / "run"), cache=False, **FAST).summary
+    assert s["monitor"] == "balanced_accuracy" and s["balance"]["imbalanced"]
+    assert s["balance"]["counts"]["train"]["ok"] > 3 * s["balance"]["counts"]["train"]["scratch"]
+    assert s["balancing"]["class_weights"] == "balanced" and s["balancing"]["logit_adjust"] == "none"
+    weights = np.array(s["balancing"]["weights"])
+    counts = np.array([s["balance"]["counts"]["train"][c] for c in s["data"]["classes"]])
+    assert np.allclose(weights, counts.sum() / (len(counts) * counts), atol=1e-5)
+    assert seen and all(w is not None and np.allclose(w.numpy(), weights, atol=1e-5) for w in seen)
+    for c in s["data"]["classes"]:  # per-class evidence with intervals in summary.json
+        row = s["per_class"][c]
+        assert {"precision", "recall", "f1", "support", "ci95"} <= set(row) and row["support"] >= 2
+    test_counts = s["balance"]["counts"]["test"]
+    assert min(test_counts.values()) >= 2  # the rare classes keep the minimum in the test split
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    best = max(range(len(rows)), key=lambda i: (rows[i]["selection_balanced_accuracy"], -rows[i]["selection_nll"]))
+    assert s["selected_epoch"] == best + 1  # the epoch balanced accuracy picks
+
+
+def test_logit_adjustment_is_chosen_on_selection_and_saved_in_the_model(folder, tmp_path):
+    out = tmp_path / "la"
+    s = tk.train(folder, strategy="finetune", class_weights="none", out=str(out), cache=False, **FAST).summary
+    record = s["logit_adjustment"]
+    assert s["balancing"]["logit_adjust"] == "tuned" and record["chosen_on"] == "selection"
+    assert record["tau"] in [row["tau"] for row in record["grid"]]
+    # the saved model applies it: predicting the test split from model.safetensors gives the reported outputs
+    loaded = load_run(out)
+    rows = json.loads((out / "test_predictions.json").read_text())
+    from transferkit.data.scan import Sample
+
+    samples = [Sample(r["path"], r["label"]) for r in rows]
+    dataset = ImageDataset(samples, eval_transform(loaded.spec), resize_size(loaded.spec))
+    got = predict_loader(loaded.model, make_loader(dataset, 16, False, 0, workers=0), torch.device("cpu"))
+    assert np.allclose(got["outputs"], np.array([r["probs"] for r in rows]), atol=1e-4)
+
+
+@pytest.mark.parametrize(("strategy", "cache"), [("feature-extraction", True), ("finetune", False)])
+def test_the_balanced_sampler_trains_on_the_cached_and_the_image_path(folder, tmp_path, strategy, cache):
+    s = tk.train(folder, strategy=strategy, sampler="balanced", out=str(tmp_path / "s"), cache=cache,
+                 cache_dir=str(tmp_path / "cache"), **FAST).summary
+    assert s["balancing"]["sampler"] == "balanced" and s["balancing"]["class_weights"] == "none"
+    assert s["metrics"]["balanced_accuracy"] is not None
+
+
+def test_a_balanced_folder_trains_as_before(tmp_path):
+    root = make_image_folder(tmp_path / "even", {"a": 12, "b": 10}, size=36, seed=1)
+    s = tk.train(root, strategy="feature-extraction", out=str(tmp_path / "even_run"), cache=False, **FAST).summary
+    assert s["monitor"] == "accuracy" and not s["balance"]["imbalanced"]
+    assert s["balancing"] == {"monitor": "accuracy", "class_weights": "none", "sampler": "none", "logit_adjust": "none",
+                              "weights": None} and s["logit_adjustment"] is None
