@@ -160,8 +160,38 @@ def demo() -> str:
             f"`benchmarks/results/demo.md`, from `python benchmarks/demo_record.py`).\n")
 
 
+IMBALANCE_MARK = {"better": "better", "worse": "worse", "no clear difference": "≈"}
+
+
+def imbalance() -> str:
+    """Balanced accuracy per balancing method on the imbalanced subsets, with the paired verdict to no balancing."""
+    path = RESULTS / "imbalance.json"
+    if not path.exists():
+        return "(not yet measured: run `python benchmarks/imbalance.py`)\n"
+    d = _load("imbalance.json")
+    rows = list(next(iter(next(iter(d["datasets"].values())).values()))["rows"])
+    lines = ["| data, strategy (n test, seeds) | " + " | ".join(rows) + " |", "|---|" + "---|" * len(rows)]
+    for name, per_strategy in d["datasets"].items():
+        for strategy, res in per_strategy.items():
+            cells = []
+            for row in rows:
+                e = res["rows"].get(row)
+                if e is None:
+                    cells.append("—")
+                    continue
+                iv = e["balanced_accuracy"]
+                text = f"{iv['mean']:.3f} [{iv['ci95'][0]:.3f}, {iv['ci95'][1]:.3f}]"
+                vs = e.get("balanced_accuracy_vs_none")
+                cells.append(text + ("" if vs is None else f" {IMBALANCE_MARK[vs['verdict']]}"))
+            lines.append(f"| {name}, {strategy} ({res['n_test']}, {res['seeds']}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + f"\n\nBalanced accuracy on the test split, mean over seeds [95% CI]; the word after each figure is " \
+        f"its paired verdict against \"none\" (same seeds, same test images; ≈: no clear difference). Command: `{d['command']}` " \
+        "(`benchmarks/results/imbalance.md` has macro-F1, rare-class recall and the chosen tau).\n"
+
+
 RENDERERS: dict[str, Callable[[], str]] = {f.__name__.replace("_", "-"): f for f in
-                                           (accuracy, compare, adapt, speed, linear_probe, recommend, demo)}
+                                           (accuracy, compare, adapt, speed, linear_probe, recommend, demo,
+                                                                   imbalance)}
 
 
 def render(text: str) -> str:
