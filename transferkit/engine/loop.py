@@ -36,11 +36,18 @@ class StepContext:
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, ctx: StepContext) -> torch.Tensor:
     """Cross-entropy with the run's label smoothing and class weights.
 
-    With weights it is PyTorch's weighted mean, ``sum_i w_{y_i} l_i / sum_i w_{y_i}``: a batch's loss stays
-    on the scale of an unweighted one however its classes mix, and a rare-class image counts ``w_rare /
-    w_common`` times a common one.
+    With weights: ``sum_i w_{y_i} l_i / B``, the batch mean of the weighted per-image losses. The weights
+    are normalised to mean 1 over the training images (:func:`transferkit.data.balance.class_weights`), so
+    this is an unbiased estimate of the class-weighted risk on the scale of the plain loss. Not PyTorch's
+    ``reduction="mean"``, which divides by the batch's own weight sum: that ratio depends on how a batch
+    happens to mix classes, and under torchrun the average of each process's ratio is not the ratio of the
+    whole batch, so one process and two would train differently. This mean averages exactly across processes.
     """
-    return F.cross_entropy(logits.float(), labels, weight=ctx.class_weights, label_smoothing=ctx.label_smoothing)
+    if ctx.class_weights is None:
+        return F.cross_entropy(logits.float(), labels, label_smoothing=ctx.label_smoothing)
+    per_image = F.cross_entropy(logits.float(), labels, weight=ctx.class_weights,
+                                label_smoothing=ctx.label_smoothing, reduction="none")
+    return per_image.mean()
 
 
 def optimizer_step(ctx: StepContext, loss: torch.Tensor, step: int) -> None:

@@ -48,8 +48,10 @@ def test_the_weighted_loss_on_a_toy_batch_equals_the_hand_computed_one():
     ctx = StepContext(optimizer=None, set_lr=lambda step: None, device=torch.device("cpu"), class_weights=weights)
     nll = -torch.log_softmax(logits, dim=1)[torch.arange(4), labels]
     w = weights[labels]
-    expected = (w * nll).sum() / w.sum()  # PyTorch's weighted mean
+    expected = (w * nll).sum() / len(labels)  # the batch mean of the weighted losses (not divided by sum w)
     assert torch.isclose(classification_loss(logits, labels, ctx), expected)
+    halves = [classification_loss(logits[i:i + 2], labels[i:i + 2], ctx) for i in (0, 2)]
+    assert torch.isclose((halves[0] + halves[1]) / 2, expected)  # what averaging two torchrun processes gives
     plain = StepContext(optimizer=None, set_lr=lambda step: None, device=torch.device("cpu"))
     assert torch.isclose(classification_loss(logits, labels, plain), nll.mean())
     smoothed = StepContext(optimizer=None, set_lr=lambda step: None, device=torch.device("cpu"), label_smoothing=0.1)
