@@ -61,7 +61,7 @@ def test_other_errors_pass_through_unchanged(exc: BaseException) -> None:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("oom")
-    data = make_image_folder(root / "data", {"a": 4, "b": 4})
+    data = make_image_folder(root / "data", {"a": 5, "b": 5})
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(report, "build_run_report", lambda *a, **k: None)
         run = tk.train(data, out=str(root / "run"), epochs=1, cache=False, **TINY).run_dir
@@ -81,7 +81,7 @@ def test_predict_and_evaluate_oom_through_api_and_cli(tiny_run: tuple[Path, Path
 
 
 def test_training_oom_suggests_a_smaller_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    data = make_image_folder(tmp_path / "data", {"a": 4, "b": 4})
+    data = make_image_folder(tmp_path / "data", {"a": 5, "b": 5})
     monkeypatch.setattr(trainer_module, "train_one_epoch", _raise(torch.cuda.OutOfMemoryError(CUDA_OOM)))
     with pytest.raises(OutOfMemory, match="training with batch size 8; try --batch-size 4"):
         tk.train(data, out=str(tmp_path / "run"), epochs=1, cache=False, **TINY)

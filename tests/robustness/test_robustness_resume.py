@@ -35,7 +35,7 @@ from transferkit.export.runfiles import MODEL_FILE, load_run, save_model
 # lp-ft: epoch 1 trains the head only, epoch 2 everything, so a resume also has to restore the plan
 # position and the optimizer state of groups that only start training after the checkpoint.
 PARAMS = dict(strategy="lp-ft", warmup_epochs=1, epochs=2, seed=7, lr=3e-3, cache=False, **TINY)
-STEPS_PER_EPOCH = 2  # 13 training images (16 minus the stratified val split) at batch size 8
+STEPS_PER_EPOCH = 2  # 12 training images (20 minus 2 + 2 selection and 2 + 2 test images) at batch size 8
 
 
 class Crash(BaseException):
@@ -54,7 +54,7 @@ def _skip_html_report(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_image_folder(tmp_path_factory.mktemp("resume") / "data", {"a": 8, "b": 8}, seed=5)
+    return make_image_folder(tmp_path_factory.mktemp("resume") / "data", {"a": 10, "b": 10}, seed=5)
 
 
 @pytest.fixture(scope="module")
