@@ -86,7 +86,7 @@ def compare(
         result["strategies"][strategy] = {"runs": summaries, "run_dirs": run_dirs, **_aggregate(summaries)}
         write_json(root / "comparison.json", result)
     result["differences"] = differing_settings(result)
-    result["verdicts"] = paired_verdicts(result)
+    result["verdicts"] = paired_verdicts(result, lead_metric(result))
     write_json(root / "comparison.json", result)
     write_text(root / "comparison.md", comparison_table(result))
     _write_html(root, result)
@@ -140,6 +140,14 @@ def _predictions(run_dir: Path) -> tuple[str, list[str], np.ndarray, np.ndarray]
                 np.array([r["probs"] for r in rows], dtype=np.float64))
     raise ConfigError(f"{run_dir} has no test_predictions.json (a run from before the three data roles); re-run that strategy "
                       "(delete its folder) so the comparison can pair its predictions")
+
+
+def lead_metric(result: Mapping[str, Any]) -> str:
+    """The metric the verdicts read: balanced accuracy when the runs found their data imbalanced (they then
+    chose their epochs on it too, and accuracy would hide missed rare classes), else accuracy."""
+    runs = [run for row in result["strategies"].values() for run in row.get("runs", [])]
+    leads = {(run.get("balance") or {}).get("lead_metric", "accuracy") for run in runs}
+    return "balanced_accuracy" if "balanced_accuracy" in leads else "accuracy"
 
 
 def paired_verdicts(result: Mapping[str, Any], metric: str = "accuracy", n_resamples: int = 2000) -> dict[str, Any]:

@@ -71,3 +71,13 @@ def test_runs_on_different_images_are_refused(tmp_path: Path):
     path.write_text(json.dumps(rows))
     with pytest.raises(ConfigError, match="same images"):
         paired_verdicts(result, n_resamples=100)
+
+
+def test_verdicts_read_balanced_accuracy_when_the_runs_found_their_data_imbalanced():
+    from transferkit.compare import lead_metric
+
+    run = lambda lead: {"balance": {"lead_metric": lead}}  # noqa: E731
+    assert lead_metric({"strategies": {"a": {"runs": [run("balanced_accuracy")]}, "b": {"runs": [run("balanced_accuracy")]}}}) \
+        == "balanced_accuracy"
+    assert lead_metric({"strategies": {"a": {"runs": [run("accuracy")]}}}) == "accuracy"
+    assert lead_metric({"strategies": {"a": {"runs": [{}]}}}) == "accuracy"  # runs from before balance was recorded
