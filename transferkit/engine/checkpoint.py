@@ -12,6 +12,7 @@ load, so the resumed run's metrics.jsonl holds each epoch exactly once.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from transferkit.export.runfiles import state_dict_cpu
 from transferkit.fileio import atomic_write, write_json, write_text
 
 __all__ = [
+    "RunState",
     "save_training_state",
     "load_training_state",
     "trim_metrics_log",
@@ -199,3 +201,30 @@ def verify_split(run_dir: str | Path, record: dict[str, Any]) -> None:
             f"{changed} image file(s) of {now.get('root')} were added, removed or became unreadable since the run "
             f"started (see {path}); restore them to resume {run_dir} exactly, or start a new run"
         )
+
+
+@dataclass
+class RunState:
+    """Where a run stands: what a checkpoint records besides the tensors, and what resume restores."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0
+    best_key: tuple[float, float] | None = None
+    best_epoch: int = -1
+    stale: int = 0
+    skipped: dict[str, str] = field(default_factory=dict)
+    head_fit: dict[str, Any] | None = None  # the converged probe's record, when it replaced the head-only epochs
+
+    def to_info(self, hook_infos: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The JSON part of a checkpoint (``hook_infos``: each hook's own, when the run has hooks)."""
+        hooks = {"hooks": hook_infos} if hook_infos else {}
+        return {**hooks, "epoch": self.epoch, "step": self.step,
+                "best_key": list(self.best_key) if self.best_key else None, "best_epoch": self.best_epoch,
+                "stale": self.stale, "skipped": self.skipped, "head_fit": self.head_fit}
+
+    def restore(self, info: dict[str, Any]) -> None:
+        """Take back what :meth:`to_info` wrote (files skipped since are kept)."""
+        self.epoch, self.step, self.best_epoch, self.stale = info["epoch"], info["step"], info["best_epoch"], info["stale"]
+        self.best_key = tuple(info["best_key"]) if info["best_key"] else None
+        self.skipped.update(info.get("skipped", {}))
+        self.head_fit = info.get("head_fit")

@@ -16,11 +16,15 @@ The trainer keeps set-up, the epoch loop, selection, checkpoints, resume and the
 
 from __future__ import annotations
 
+import importlib
+import json
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from transferkit.errors import ConfigError
 from transferkit.strategy.plan import Plan
 
 # the trainer, its RunResult and the loop's StepContext are passed in, never imported: they import this module
@@ -28,7 +32,7 @@ Trainer = Any
 RunResult = Any
 StepContext = Any
 
-__all__ = ["Objective", "TrainerHook", "HOOKS_FILE"]
+__all__ = ["Objective", "TrainerHook", "HOOKS_FILE", "hooks_of_run"]
 
 HOOKS_FILE = "hooks.json"  # the run folder's record of the hooks to rebuild on resume
 
@@ -100,3 +104,17 @@ class TrainerHook:
                interrupted: bool) -> RunResult | None:
         """Write the run's results instead of the trainer (None: the trainer evaluates and writes them)."""
         return None
+
+
+def hooks_of_run(run: Path, cfg: Any) -> list[TrainerHook]:
+    """The hooks a run folder was started with (its hooks.json), rebuilt by their factories for resume."""
+    path = Path(run) / HOOKS_FILE
+    if not path.is_file():
+        return []
+    hooks = []
+    for factory in json.loads(path.read_text(encoding="utf-8")):
+        module, _, name = str(factory).partition(":")
+        if not module.startswith("transferkit.") or not name:
+            raise ConfigError(f"{path}: {factory!r} is not a transferkit hook factory ('transferkit.module:function')")
+        hooks.append(getattr(importlib.import_module(module), name)(run, cfg))
+    return hooks

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
-import json
 import logging
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -22,14 +20,17 @@ from transferkit.data.datasets import DataSplits, ImageDataset, cpu_plan, make_l
 from transferkit.data.transforms import augment_seed, eval_transform, resize_size, train_transform
 from transferkit.data.gpu import EncodedDataset, GpuPreprocessor, collate_encoded
 from transferkit.engine import distributed as ddp
-from transferkit.engine.hooks import HOOKS_FILE, TrainerHook
-from transferkit.engine.checkpoint import load_training_state, prepare_fresh_run, save_training_state, verify_split
+from transferkit.engine.hooks import HOOKS_FILE, TrainerHook, hooks_of_run
+from transferkit.engine.checkpoint import (
+    RunState, load_training_state, prepare_fresh_run, save_training_state, verify_split,
+)
 from transferkit.data.balance import class_weights, measure_balance, resolve_balancing
 from transferkit.engine.balancing import choose_tau, fold_into_head
 from transferkit.engine.l2sp import L2SP
 from transferkit.engine.loop import StepContext, pick_device, predict_loader, train_one_epoch
 from transferkit.engine.oom import oom_guard
 from transferkit.engine.progress import Reporter
+from transferkit.engine.summary import run_summary
 from transferkit.errors import ConfigError, TransferKitError
 from transferkit.export.runfiles import save_model
 from transferkit.features.headfit import CachedHead
@@ -70,20 +71,6 @@ def default_run_dir(strategy: str) -> Path:
     return Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{strategy}"
 
 
-def _hooks_of_run(run: Path, cfg: RunCfg) -> list[TrainerHook]:
-    """The hooks a run folder was started with (its hooks.json), rebuilt by their factories for resume."""
-    path = run / HOOKS_FILE
-    if not path.is_file():
-        return []
-    hooks = []
-    for factory in json.loads(path.read_text(encoding="utf-8")):
-        module, _, name = str(factory).partition(":")
-        if not module.startswith("transferkit.") or not name:
-            raise ConfigError(f"{path}: {factory!r} is not a transferkit hook factory ('transferkit.module:function')")
-        hooks.append(getattr(importlib.import_module(module), name)(run, cfg))
-    return hooks
-
-
 def _epoch_seed(seed: int, epoch: int) -> int:
     """Dropout / main-process augmentation randomness: a pure function of (seed, epoch) for resume."""
     return (seed * 1_000_003 + epoch * 7_919) % (2**63)
@@ -100,17 +87,6 @@ class _Mapped:
 
     def __iter__(self):
         return (self.fn(batch) for batch in self.loader)
-
-
-@dataclass
-class _State:
-    epoch: int = 0  # epochs completed
-    step: int = 0
-    best_key: tuple[float, float] | None = None
-    best_epoch: int = -1
-    stale: int = 0
-    skipped: dict[str, str] = field(default_factory=dict)
-    head_fit: dict[str, Any] | None = None  # the converged probe's record, when it replaced the head-only epochs
 
 
 class Trainer:
@@ -137,7 +113,7 @@ class Trainer:
             raise ConfigError(f"--batch-size {cfg.engine.batch_size} is the global batch and must divide by the "
                               f"{self.dist.world_size} processes; choose a multiple of {self.dist.world_size}")
         self.local_batch = cfg.engine.batch_size // self.dist.world_size
-        self.state = _State()
+        self.state = RunState()
         self._resuming = False
         self.after_fit = tuple(after_fit)
         self.hooks = tuple(hooks)
@@ -150,7 +126,7 @@ class Trainer:
         if not cfg_path.is_file():
             raise ConfigError(f"{run} is not a run folder (no config.yaml); pass the --out folder of an earlier run")
         cfg = config_from_dict(yaml.safe_load(cfg_path.read_text(encoding="utf-8")))
-        trainer = cls(cfg, run_dir=run, quiet=quiet, after_fit=after_fit, hooks=_hooks_of_run(run, cfg))
+        trainer = cls(cfg, run_dir=run, quiet=quiet, after_fit=after_fit, hooks=hooks_of_run(run, cfg))
         trainer._resuming = True
         return trainer
 
@@ -312,7 +288,7 @@ class Trainer:
         self.reporter.epoch_line(record, improved=self.state.best_epoch == epoch, monitor=self.balancing.monitor)
         if self.dist.main:  # only rank 0 writes the run folder
             append_jsonl(self.run_dir / "metrics.jsonl", record)
-            save_training_state(self.run_dir, self.model, self.optimizer, self._state_info(), self._hook_tensors())
+            save_training_state(self.run_dir, self.model, self.optimizer, self.state.to_info(self._hook_infos()), self._hook_tensors())
         ddp.barrier()
 
     def _fit_probe(self, epoch: int) -> None:
@@ -453,18 +429,8 @@ class Trainer:
         m = self.cfg.model
         return {"kind": m.head, "hidden": m.head_hidden, "dropout": m.dropout}
 
-    def _state_info(self) -> dict[str, Any]:
-        s = self.state
-        hooks = {"hooks": [hook.state()[0] for hook in self.hooks]} if self.hooks else {}
-        return {**hooks,
-            "epoch": s.epoch,
-            "step": s.step,
-            "best_key": list(s.best_key) if s.best_key else None,
-            "best_epoch": s.best_epoch,
-            "stale": s.stale,
-            "skipped": s.skipped,
-            "head_fit": s.head_fit,
-        }
+    def _hook_infos(self) -> list[dict[str, Any]]:
+        return [hook.state()[0] for hook in self.hooks]
 
     def _hook_tensors(self) -> dict[str, torch.Tensor]:
         return {f"{i}.{k}": v for i, hook in enumerate(self.hooks) for k, v in hook.state()[1].items()}
@@ -475,12 +441,8 @@ class Trainer:
         info = load_training_state(self.run_dir, self.model, self.optimizer, tensors)
         for i, (hook, hook_info) in enumerate(zip(self.hooks, info.get("hooks") or [{}] * len(self.hooks))):
             hook.load_state(hook_info, {k.partition(".")[2]: v for k, v in tensors.items() if k.partition(".")[0] == str(i)})
-        s = self.state
-        s.epoch, s.step, s.best_epoch, s.stale = info["epoch"], info["step"], info["best_epoch"], info["stale"]
-        s.best_key = tuple(info["best_key"]) if info["best_key"] else None
-        s.skipped.update(info.get("skipped", {}))
-        s.head_fit = info.get("head_fit")
-        self.reporter.say(f"resuming {self.run_dir} after epoch {s.epoch} of {self.epochs}")
+        self.state.restore(info)
+        self.reporter.say(f"resuming {self.run_dir} after epoch {self.state.epoch} of {self.epochs}")
 
     # --- the end --------------------------------------------------------------------------------
 
@@ -501,33 +463,8 @@ class Trainer:
         test = self._evaluate(self.data.test, cached)
         details = detailed_metrics(test["labels"], test["probs"], self.data.classes)
         selection = self._evaluate(self.data.selection, cached) if self.data.selection else None
-        summary = {
-            "backbone": self.spec.name,
-            "strategy": self.plan.strategy,
-            "metrics": details["metrics"],  # the test split's: nothing was chosen on it
-            "metrics_split": "test",
-            "ci95": details["ci95"],
-            "per_class": details["per_class"],  # test split: precision/recall/F1, support and 95% intervals
-            "selection_metrics": selection["metrics"] if selection else None,
-            "select": self.cfg.engine.select,
-            "selected_epoch": self.state.best_epoch + 1,
-            "monitor": self.balancing.monitor,
-            "balance": self.balance.to_dict(self.balancing.lead_metric),
-            "balancing": self.balancing.to_dict(),
-            "logit_adjustment": adjustment,
-            "protocol": self.data.protocol(),
-            "params": {"trainable": trainable, "total": total},
-            "epochs_run": self.state.epoch,
-            "head_fit": self.state.head_fit or {"method": "sgd"},
-            "time_s": round(time.perf_counter() - started, 2),
-            "skipped_files": [{"path": p, "reason": r} for p, r in sorted(self.state.skipped.items())],
-            "interrupted": interrupted,
-            "data": {"root": self.data.root, "layout": self.data.layout, "classes": self.data.classes,
-                     "n_train": len(self.data.train), "n_selection": len(self.data.selection),
-                     "n_test": len(self.data.test)},
-            "device": str(self.device),
-            "world_size": self.dist.world_size,
-        }
+        summary = run_summary(self, details, selection["metrics"] if selection else None, adjustment,
+                              {"trainable": trainable, "total": total}, time.perf_counter() - started, interrupted)
         if not self.dist.main:  # every rank evaluated (a collective); rank 0 alone writes
             return RunResult(self.run_dir, summary)
         write_json(self.run_dir / "test_metrics.json", details)
