@@ -65,6 +65,15 @@ def test_logit_adjustment_is_chosen_on_selection_and_saved_in_the_model(folder, 
     dataset = ImageDataset(samples, eval_transform(loaded.spec), resize_size(loaded.spec))
     got = predict_loader(loaded.model, make_loader(dataset, 16, False, 0, workers=0), torch.device("cpu"))
     assert np.allclose(got["outputs"], np.array([r["probs"] for r in rows]), atol=1e-4)
+    assert json.loads((out / "model.json").read_text())["head"]["logit_adjustment"]["tau"] == record["tau"]
+    # finishing again (resuming the finished run) starts from the chosen model: the shift is not stacked
+    from safetensors.torch import load_file
+
+    before = load_file(out / "model.safetensors")
+    again = tk.resume(out, quiet=True).summary
+    after = load_file(out / "model.safetensors")
+    assert again["logit_adjustment"]["tau"] == record["tau"]
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
 
 
 @pytest.mark.parametrize(("strategy", "cache"), [("feature-extraction", True), ("finetune", False)])

@@ -117,6 +117,11 @@ def adapt(
 def resume(run_dir: str | os.PathLike, quiet: bool = False) -> RunResult:
     """Continue an interrupted adapt run from its last finished epoch (the engine's resume; the run
     folder's hooks.json brings the adaptation back)."""
+    from pathlib import Path
+
     from transferkit.engine.trainer import Trainer
 
+    if (Path(run_dir) / "config.yaml").is_file() and not (Path(run_dir) / "adapt.yaml").is_file():
+        raise ConfigError(f"{run_dir} is a train run, not an adapt run (no adapt.yaml); continue it with "
+                          f"transferkit train --resume {run_dir}")
     return Trainer.resume(run_dir, quiet=quiet).fit()

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from transferkit.adapt.layers import DomainDiscriminator, coral_loss, dann_lambda, grad_reverse
 from transferkit.engine.hooks import Objective
-from transferkit.engine.loop import StepContext, autocast_for
+from transferkit.engine.loop import StepContext, autocast_for, classification_loss
 from transferkit.models.transfer import TransferModel
 
 __all__ = ["JointObjective"]
@@ -74,7 +74,7 @@ class JointObjective(Objective):
         with autocast_for(ctx.device, ctx.amp):
             fs, ft = _features(model, images, xt, self.per_domain_bn)  # type: ignore[arg-type]
             logits = model.head(fs)  # type: ignore[union-attr]
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=ctx.label_smoothing)
+        loss = classification_loss(logits, labels, ctx)  # the run's class weights, as in the baseline epochs
         if self.method == "dann":
             self.coeff = dann_lambda((step - self.first_step) / max(1, self.phase_steps), self.lambda_max)
             adapt_loss, dom_acc = self._domain_loss(fs, ft)

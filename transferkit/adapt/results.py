@@ -155,6 +155,10 @@ def write_results(adapter: "Adapter", results: dict[str, Any], trainable: int, t
         # adaptation epoch on it
         "select": acfg.select,
         "selected_epoch": a.selected_epoch,
+        # the source's class balance and what the trainer did about it (weights in both phases' loss)
+        "monitor": a.trainer.balancing.monitor,
+        "balance": a.trainer.balance.to_dict(a.trainer.balancing.lead_metric),
+        "balancing": a.trainer.balancing.to_dict(),
         "source_only": base,
         "adapted": adapted,
         "target_accuracy_gain": gain,

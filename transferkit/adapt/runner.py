@@ -300,6 +300,9 @@ def _check(cfg: RunCfg, acfg: AdaptCfg) -> None:
         raise ConfigError("no target folder given; pass --target FOLDER (unlabelled target-domain images)")
     if cfg.strategy.name == "auto":
         raise ConfigError("adapt needs an explicit strategy (e.g. finetune); 'auto' is for train")
+    if cfg.engine.logit_adjust == "tuned":
+        raise ConfigError("adapt does not support engine.logit_adjust tuned (post-hoc logit adjustment is a train "
+                          "feature); use --class-weights balanced for imbalanced source classes")
     if cfg.strategy.l2sp:
         raise ConfigError("adapt does not support strategy.l2sp (the pull toward the pretrained weights); set it to 0")
     if acfg.method in JOINT and cfg.strategy.name == "feature-extraction":

@@ -47,6 +47,12 @@ def adapt(
         import transferkit.adapt as ta
 
         if resume is not None:
+            given = [name for name, value in (("--source", source), ("--target", target), ("--config", config),
+                     ("--set", set_), ("--baseline-from", baseline_from), ("--target-labels-for-eval",
+                     target_labels_for_eval)) if value] + [f"--{k.replace('_', '-')}" for k in {**settings, **adapt_settings}]
+            if given:
+                raise ConfigError(f"--resume continues a run with its own settings (its config.yaml and adapt.yaml); "
+                                  f"drop {', '.join(given)}")
             return ta.resume(resume, quiet=quiet).summary
         if source is None or target is None:
             raise ConfigError("pass --source FOLDER (labelled images) and --target FOLDER (unlabelled target "

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import Sampler
 
 __all__ = ["IMBALANCE_RATIO", "EFFECTIVE_BETA", "Balance", "Balancing", "measure_balance", "resolve_balancing",
-           "class_counts", "class_weights", "balanced_indices", "BalancedSampler", "adjust_logits"]
+           "class_counts", "class_weights", "balanced_indices", "draw_keys", "BalancedSampler", "adjust_logits"]
 
 # Largest / smallest class count in the training split above which a run counts as imbalanced. At 3:1 a
 # model that never predicts the smallest class can still score >= 75% accuracy on two classes, and the
@@ -121,12 +121,29 @@ def balanced_indices(labels: Sequence[int] | np.ndarray, num_samples: int, gener
     return torch.multinomial(weights, num_samples, replacement=True, generator=generator).numpy()
 
 
+def draw_keys(indices: np.ndarray, n: int) -> np.ndarray:
+    """``index + k * n`` for the k-th repeat of an index within one epoch's draw.
+
+    A dataset reads the image ``key % n`` and seeds its augmentation with the whole key, so an image drawn
+    several times in an epoch gets a different crop each time (seeding by the image index alone would give
+    every copy of a rare image the same view, where variety matters most).
+    """
+    seen: dict[int, int] = {}
+    keys = np.empty(len(indices), dtype=np.int64)
+    for pos, index in enumerate(indices.tolist()):
+        k = seen.get(index, 0)
+        seen[index] = k + 1
+        keys[pos] = index + k * n
+    return keys
+
+
 class BalancedSampler(Sampler[int]):
     """Class-balanced sampling with replacement, the same draw on every rank, each rank taking its shard.
 
     An epoch draws ``ceil(N / world) * world`` indices from a generator seeded by (seed, epoch), so the
     epoch is as long as a plain one, every process agrees on the draw without communicating, and a
-    resumed run replays it. Rank r takes draws r, r + world, ... (as DistributedSampler shards).
+    resumed run replays it. Rank r takes draws r, r + world, ... (as DistributedSampler shards). It yields
+    :func:`draw_keys` (the dataset reads ``key % N``), so repeated draws of an image get distinct views.
     """
 
     def __init__(self, labels: Sequence[int], seed: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
@@ -142,7 +159,7 @@ class BalancedSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch * 1_009 + 17)
-        drawn = balanced_indices(self.labels, self.num_samples * self.num_replicas, g)
+        drawn = draw_keys(balanced_indices(self.labels, self.num_samples * self.num_replicas, g), len(self.labels))
         return iter(drawn[self.rank::self.num_replicas].tolist())
 
 
@@ -187,8 +204,8 @@ def resolve_balancing(cfg: Any, balance: Balance) -> Balancing:
         monitor = "balanced_accuracy" if imbalanced else "accuracy"
     sampler = cfg.data.sampler
     method = cfg.optim.class_weights
-    if method == "auto":
-        method = "balanced" if imbalanced and sampler == "none" else "none"
+    if method == "auto":  # one method: not with the sampler, nor with logit adjustment asked for by name
+        method = "balanced" if imbalanced and sampler == "none" and cfg.engine.logit_adjust != "tuned" else "none"
     adjust = cfg.engine.logit_adjust
     if adjust == "auto":
         adjust = "tuned" if imbalanced and method == "none" and sampler == "none" else "none"

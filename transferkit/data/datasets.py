@@ -240,7 +240,9 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[Any, int, int, str | None]:
+    def __getitem__(self, key: int) -> tuple[Any, int, int, str | None]:
+        # a key past the end is a repeated draw of image key % n (BalancedSampler): same image, own augmentation
+        index = key % len(self.samples)
         sample = self.samples[index]
         try:
             image = load_rgb(sample.path, draft_size=self.draft_size)
@@ -256,7 +258,7 @@ class ImageDataset(Dataset):
                 return self.transform(image), sample.label, index, None
         if self.augment_seed is None:
             return self.transform(image), sample.label, index, None
-        with image_rng(self.augment_seed, index):
+        with image_rng(self.augment_seed, key):
             return self.transform(image), sample.label, index, None
 
 

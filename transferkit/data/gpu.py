@@ -61,15 +61,16 @@ class EncodedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[str, Any, int, int, str | None]:
+    def __getitem__(self, key: int) -> tuple[str, Any, int, int, str | None, int]:
+        index = key % len(self.samples)  # a repeated draw (BalancedSampler): the key seeds its augmentation
         sample = self.samples[index]
         try:
             data = Path(sample.path).read_bytes()
         except OSError as exc:
-            return "failed", None, sample.label, index, f"cannot read file ({exc.strerror or exc})"
+            return "failed", None, sample.label, index, f"cannot read file ({exc.strerror or exc})", key
         if data[:3] == _JPEG_MAGIC:
-            return "jpeg", torch.frombuffer(bytearray(data), dtype=torch.uint8), sample.label, index, None
-        return _cpu_decode(sample.path, self.draft_size, sample.label, index)
+            return "jpeg", torch.frombuffer(bytearray(data), dtype=torch.uint8), sample.label, index, None, key
+        return (*_cpu_decode(sample.path, self.draft_size, sample.label, index), key)
 
 
 def _cpu_decode(path: str, draft_size: int | None, label: int, index: int) -> tuple[str, Any, int, int, str | None]:
@@ -87,6 +88,7 @@ def collate_encoded(batch: list[tuple[str, Any, int, int, str | None]]) -> dict[
         "payloads": [item[1] for item in good],
         "labels": torch.tensor([item[2] for item in good], dtype=torch.long),
         "indices": torch.tensor([item[3] for item in good], dtype=torch.long),
+        "keys": torch.tensor([item[5] for item in good], dtype=torch.long),  # augmentation seeds (repeats differ)
         "failed": [(item[3], item[4]) for item in batch if item[0] == "failed"],
     }
 
@@ -239,7 +241,8 @@ class GpuPreprocessor:
             return out
         indices = batch["indices"][keep]
         if self.train:
-            views, jitter = zip(*(self._train_view(image, int(index)) for image, index in zip(images, indices)))
+            keys = batch["keys"][keep] if "keys" in batch else indices
+            views, jitter = zip(*(self._train_view(image, int(key)) for image, key in zip(images, keys)))
             views = colour_jitter(torch.stack(views), jitter)
         else:
             views = torch.stack([self._eval_view(image) for image in images])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -89,6 +90,20 @@ class _Mapped:
         return (self.fn(batch) for batch in self.loader)
 
 
+# settings added after runs were written: a config.yaml without them resumes as it was trained
+_LEGACY = {"data": {"min_per_class": 1, "sampler": "none"}, "optim": {"class_weights": "none"},
+           "engine": {"logit_adjust": "none"}}
+
+
+def _legacy_defaults(raw: dict[str, Any]) -> dict[str, Any]:
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for section, values in _LEGACY.items():
+        if isinstance(out.get(section), dict):
+            for key, value in values.items():
+                out[section].setdefault(key, value)
+    return out
+
+
 class Trainer:
     """Runs one configuration end to end. ``Trainer(cfg).fit()`` or ``Trainer.resume(run_dir).fit()``."""
 
@@ -125,7 +140,7 @@ class Trainer:
         cfg_path = run / "config.yaml"
         if not cfg_path.is_file():
             raise ConfigError(f"{run} is not a run folder (no config.yaml); pass the --out folder of an earlier run")
-        cfg = config_from_dict(yaml.safe_load(cfg_path.read_text(encoding="utf-8")))
+        cfg = config_from_dict(_legacy_defaults(yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}))
         trainer = cls(cfg, run_dir=run, quiet=quiet, after_fit=after_fit, hooks=hooks_of_run(run, cfg))
         trainer._resuming = True
         return trainer
@@ -457,6 +472,9 @@ class Trainer:
             raise TransferKitError("the run stopped before finishing its first epoch; nothing was saved")
         best = load_run(self.run_dir, device=str(self.device))
         self.model.load_state_dict(best.model.state_dict())
+        applied = json.loads((self.run_dir / "model.json").read_text(encoding="utf-8"))["head"].get("logit_adjustment")
+        if applied:  # a finish that ran before (a resumed finished run, a crash after the save): start from the chosen model
+            fold_into_head(self.model.head, np.asarray(applied["prior"]), -float(applied["tau"]))
         cached = self._uses_cache(self.state.epoch - 1)  # the backbone was never trained: embeddings still hold
         adjustment = self._adjust_logits(cached) if self.balancing.logit_adjust == "tuned" else None
         # the test split is evaluated here, once, with the model already chosen; nothing below chooses
@@ -490,8 +508,9 @@ class Trainer:
         else:
             record = {"tau": 1.0, "chosen_on": "fixed (no selection split): Menon et al.'s tau = 1"}
         fold_into_head(self.model.head, prior, record["tau"])
-        if self.dist.main:
-            save_model(self.run_dir, self.model, self.data.classes, self._head_meta())
+        if self.dist.main:  # model.json records the shift, so a second finish can undo it instead of stacking it
+            applied = {"tau": record["tau"], "prior": [float(p) for p in prior]}
+            save_model(self.run_dir, self.model, self.data.classes, {**self._head_meta(), "logit_adjustment": applied})
         record["prior"] = [round(float(p), 6) for p in prior]
         self.reporter.say(f"logit adjustment: tau {record['tau']:g} ({record['chosen_on']})")
         return record

@@ -131,13 +131,17 @@ class FeatureSet:
         else:
             order = torch.randperm(n, generator=g).numpy() if shuffle else np.arange(n)
         view = torch.randint(len(self.views), (n,), generator=g).numpy() if shuffle and len(self.views) > 1 else np.zeros(n, np.int64)
-        return FeatureBatches(self, batch_size, order, view)
+        if balanced and len(self.views) > 1:  # a view per draw, so repeated draws of a rare image differ
+            return FeatureBatches(self, batch_size, order, view)
+        return FeatureBatches(self, batch_size, order, view[order])
 
 
 class FeatureBatches:
     """An iterable with ``len`` (the progress bar needs it), yielding {"images", "labels", "indices", "failed"}."""
 
     def __init__(self, features: FeatureSet, batch_size: int, order: np.ndarray, view: np.ndarray) -> None:
+        """``order``: the items of the epoch in batch order (repeats allowed); ``view``: the cached view of each
+        position of ``order``."""
         self.features, self.batch_size, self.order, self.view = features, batch_size, order, view
 
     def __len__(self) -> int:
@@ -152,7 +156,7 @@ class FeatureBatches:
             for start in range(0, len(self.order), self.batch_size):
                 sel = self.order[start:start + self.batch_size]
                 yield {
-                    "images": fs.rows(self.view[sel], sel),
+                    "images": fs.rows(self.view[start:start + self.batch_size], sel),
                     "labels": fs.labels[sel],
                     "indices": torch.from_numpy(fs.indices[sel]),
                     "failed": [],

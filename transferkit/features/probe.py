@@ -156,6 +156,9 @@ def _nll(labels: np.ndarray, probs: np.ndarray, classes: np.ndarray, class_weigh
     on imbalanced data the strength is chosen for the rare classes too, not for the majority alone)."""
     column = np.searchsorted(classes, labels)
     losses = -np.log(np.clip(probs[np.arange(len(labels)), column], 1e-12, 1.0))
+    if class_weight == "balanced":  # scikit-learn's "balanced", on these labels
+        present, counts = np.unique(labels, return_counts=True)
+        class_weight = {int(c): len(labels) / (len(present) * n) for c, n in zip(present, counts)}
     if not isinstance(class_weight, Mapping):
         return float(losses.mean())
     w = np.array([class_weight.get(int(c), 1.0) for c in labels], dtype=np.float64)

@@ -267,3 +267,11 @@ def test_adapt_keywords_are_checked_up_front_with_a_suggestion(tmp_path):
 def test_adapt_without_folders_or_resume_is_one_line():
     result = CliRunner().invoke(app, ["adapt", "--method", "coral"])
     assert result.exit_code == 2 and "--source" in result.output and "--resume" in result.output
+
+
+def test_adapt_resume_refuses_other_options_and_train_runs(tmp_path):
+    result = CliRunner().invoke(app, ["adapt", "--resume", str(tmp_path), "--method", "coral", "--epochs", "2"])
+    assert result.exit_code == 2 and "drop" in result.output and "--epochs" in result.output and "--method" in result.output
+    (tmp_path / "config.yaml").write_text("engine: {epochs: 1}\n")
+    result = CliRunner().invoke(app, ["adapt", "--resume", str(tmp_path)])
+    assert result.exit_code == 2 and "train --resume" in result.output

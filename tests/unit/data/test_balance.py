@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from conftest import make_image_folder
 from transferkit.config import DataCfg, RunCfg, config_from_dict
 from transferkit.data.balance import (
-    IMBALANCE_RATIO, BalancedSampler, balanced_indices, class_weights, measure_balance, resolve_balancing,
+    IMBALANCE_RATIO, BalancedSampler, balanced_indices, class_weights, draw_keys, measure_balance, resolve_balancing,
 )
 from transferkit.data.datasets import prepare_data
 from transferkit.data.scan import Sample
@@ -66,7 +66,9 @@ def test_the_balanced_sampler_draws_every_class_equally_often():
     drawn = []
     for epoch in range(5):
         sampler.set_epoch(epoch)
-        drawn += list(sampler)
+        keys = np.array(list(sampler))
+        assert len(set(keys.tolist())) == len(keys)  # repeats of an image come as distinct keys (own augmentation)
+        drawn += (keys % len(labels)).tolist()
     assert len(list(sampler)) == len(sampler) == 1000  # an epoch is as long as a plain one
     freq = np.bincount(labels[drawn], minlength=3) / len(drawn)
     assert np.allclose(freq, 1 / 3, atol=0.02), freq
@@ -89,7 +91,7 @@ def test_the_balanced_sampler_shards_one_draw_across_ranks():
     assert len(shards[0]) == len(shards[1]) == 26  # ceil(51 / 2), as DistributedSampler pads
     whole = BalancedSampler(labels, seed=1, num_replicas=1)
     g = torch.Generator().manual_seed(1 * 100_003 + 4 * 1_009 + 17)
-    draw = balanced_indices(labels, 52, g)
+    draw = draw_keys(balanced_indices(labels, 52, g), len(labels))
     assert shards[0] == draw[0::2].tolist() and shards[1] == draw[1::2].tolist()  # interleaved, one draw
     assert len(whole) == 51
 
@@ -117,6 +119,7 @@ def test_balance_counts_every_split_and_the_training_ratio_decides():
     ([60, 10, 4], {"optim": {"class_weights": "effective"}, "engine": {"monitor": "macro_f1"}},
      ("macro_f1", "effective", "none", "none")),
     ([30, 12, 10], {"engine": {"logit_adjust": "tuned"}}, ("accuracy", "none", "none", "tuned")),
+    ([60, 10, 4], {"engine": {"logit_adjust": "tuned"}}, ("balanced_accuracy", "none", "none", "tuned")),  # not stacked
 ])
 def test_auto_settings_resolve_to_one_balancing_method(counts, overrides, expected):
     balance = measure_balance(["a", "b", "c"], {"train": _samples(counts)})
@@ -156,3 +159,30 @@ def test_carving_selection_from_train_keeps_the_minimum(tmp_path: Path):
     with pytest.raises(DataError, match="'rare' \\(2\\)"):
         prepare_data(DataCfg(path=str(tmp_path / "tiny"), validate=False))
     assert RunCfg().data.min_per_class == 2
+
+
+def test_a_repeated_draw_reads_the_same_image_with_its_own_augmentation(tmp_path: Path):
+    from torchvision.transforms import v2 as T
+
+    from transferkit.data.datasets import ImageDataset
+
+    assert draw_keys(np.array([3, 1, 3, 3, 0]), 5).tolist() == [3, 1, 8, 13, 0]
+    root = make_image_folder(tmp_path / "imgs", {"a": 3}, size=48)
+    samples = [Sample(str(p), 0) for p in sorted((root / "a").iterdir())]
+    crop = T.Compose([T.PILToTensor(), T.RandomResizedCrop(16, scale=(0.1, 0.3))])
+    ds = ImageDataset(samples, crop, augment_seed=7)
+    first, again = ds[1], ds[1 + 3]  # image 1, then its second draw in the epoch
+    assert first[2] == again[2] == 1 and first[1] == again[1]  # the same image and label are reported
+    assert not torch.equal(first[0], again[0])  # ... with another crop
+    assert torch.equal(ds[1][0], first[0])  # and each key's view is reproducible
+
+
+def test_runs_written_before_the_imbalance_settings_resume_as_they_were_trained():
+    from transferkit.engine.trainer import _legacy_defaults
+
+    old = {"data": {"path": "x", "split_seed": 0}, "optim": {"lr": 0.001}, "engine": {"monitor": "accuracy"}}
+    cfg = config_from_dict(_legacy_defaults(old))
+    assert (cfg.data.min_per_class, cfg.data.sampler, cfg.optim.class_weights, cfg.engine.logit_adjust) == (
+        1, "none", "none", "none")
+    new = config_from_dict(_legacy_defaults({"optim": {"class_weights": "auto"}, "data": {}, "engine": {}}))
+    assert new.optim.class_weights == "auto"  # a value the file holds is kept
