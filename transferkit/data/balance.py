@@ -75,6 +75,8 @@ class Balance:
         train = self.train
         smallest, largest = int(train.argmin()), int(train.argmax())
         ratio = "inf" if math.isinf(self.ratio) else f"{self.ratio:.1f}"
+        if train[largest] == train[smallest]:
+            return f"class balance: 1.0:1 (every class {train[largest]} training images)"
         text = (f"class balance: {ratio}:1 ({self.classes[largest]} {train[largest]} vs "
                 f"{self.classes[smallest]} {train[smallest]} training images)")
         if self.imbalanced:

@@ -109,6 +109,8 @@ def test_balance_counts_every_split_and_the_training_ratio_decides():
     assert "15.0:1" in b.describe() and "imbalanced" in b.describe()
     even = measure_balance(classes, {"train": _samples([30, 12, 10])})
     assert even.ratio == 3.0 and not even.imbalanced  # the threshold itself is not imbalanced
+    flat = measure_balance(classes, {"train": _samples([7, 7, 7])})
+    assert flat.describe() == "class balance: 1.0:1 (every class 7 training images)"
 
 
 @pytest.mark.parametrize(("counts", "overrides", "expected"), [

@@ -12,7 +12,7 @@ def test_loss_is_half_alpha_times_the_squared_distance_to_the_start_over_trainab
     torch.manual_seed(0)
     backbone = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
     reg = L2SP(backbone, alpha=0.3)
-    assert float(reg.loss()) == 0.0  # at the anchor
+    assert reg.loss().item() == 0.0  # at the anchor
     with torch.no_grad():
         backbone[0].weight.add_(0.5)  # 12 entries moved by 0.5
         backbone[1].bias.add_(1.0)  # 2 entries moved by 1
@@ -28,8 +28,8 @@ def test_the_anchor_is_a_copy_and_off_means_no_regulariser():
     reg = L2SP(backbone, alpha=1.0)
     with torch.no_grad():
         backbone.weight.zero_()
-    assert float(reg.loss()) > 0
+    assert reg.loss().item() > 0
     assert L2SP.for_run(backbone, 0.0) is None
     for p in backbone.parameters():
         p.requires_grad_(False)
-    assert float(reg.loss()) == 0.0  # nothing trains: a zero that can still be added to a loss
+    assert reg.loss().item() == 0.0  # nothing trains: a zero that can still be added to a loss
