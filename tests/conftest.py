@@ -91,3 +91,10 @@ def tiny_split_folder(tmp_path: Path) -> Path:
 
 
 TINY = dict(backbone="efficientnet_lite0", input_size=32, batch_size=8, workers=0, quiet=True)
+
+
+def probs_with_argmax(pred, k, rng):
+    """Random probabilities whose argmax is ``pred`` (scores vary, so ROC-AUC is not degenerate)."""
+    p = rng.random((len(pred), k))
+    p[np.arange(len(pred)), pred] += 1.0
+    return p / p.sum(axis=1, keepdims=True)

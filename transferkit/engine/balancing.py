@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from scipy.special import softmax
 from torch import nn
 
 from transferkit.data.balance import adjust_logits
@@ -24,12 +25,6 @@ from transferkit.data.balance import adjust_logits
 __all__ = ["TAU_GRID", "choose_tau", "fold_into_head"]
 
 TAU_GRID = tuple(round(0.25 * i, 2) for i in range(0, 9))  # 0 .. 2; Menon et al. find tau near 1 best
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def choose_tau(labels: np.ndarray, probs: np.ndarray, prior: np.ndarray,
@@ -43,7 +38,7 @@ def choose_tau(labels: np.ndarray, probs: np.ndarray, prior: np.ndarray,
     log_probs = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1.0))
     rows = []
     for tau in grid:
-        m = metrics(labels, _softmax(adjust_logits(log_probs, prior, tau)))
+        m = metrics(labels, softmax(adjust_logits(log_probs, prior, tau), axis=1))
         rows.append({"tau": tau, monitor: m.get(monitor), "nll": m.get("nll")})
     best = max(rows, key=lambda r: (r[monitor] or 0.0, -(r["nll"] or 0.0), -r["tau"]))
     return {"tau": best["tau"], "monitor": monitor, "grid": rows}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -472,7 +471,7 @@ class Trainer:
             raise TransferKitError("the run stopped before finishing its first epoch; nothing was saved")
         best = load_run(self.run_dir, device=str(self.device))
         self.model.load_state_dict(best.model.state_dict())
-        applied = json.loads((self.run_dir / "model.json").read_text(encoding="utf-8"))["head"].get("logit_adjustment")
+        applied = best.meta["head"].get("logit_adjustment")
         if applied:  # a finish that ran before (a resumed finished run, a crash after the save): start from the chosen model
             fold_into_head(self.model.head, np.asarray(applied["prior"]), -float(applied["tau"]))
         cached = self._uses_cache(self.state.epoch - 1)  # the backbone was never trained: embeddings still hold

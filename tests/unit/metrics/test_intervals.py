@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import probs_with_argmax
 from transferkit.metrics.classification import summary_metrics
 from transferkit.metrics.intervals import (
     bootstrap_intervals,
@@ -16,11 +17,7 @@ from transferkit.metrics.intervals import (
 )
 
 
-def _probs_from(pred: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Random probabilities whose argmax is ``pred`` (scores vary, so ROC-AUC is not degenerate)."""
-    p = rng.random((len(pred), k))
-    p[np.arange(len(pred)), pred] += 1.0
-    return p / p.sum(axis=1, keepdims=True)
+_probs_from = probs_with_argmax
 
 
 @pytest.mark.parametrize("k, absent_pred", [(2, False), (4, False), (4, True)])

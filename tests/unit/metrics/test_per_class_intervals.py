@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
+from conftest import probs_with_argmax
 from transferkit.metrics.classification import detailed_metrics, format_per_class
 from transferkit.metrics.intervals import (
     PER_CLASS_METRICS,
@@ -19,11 +20,7 @@ from transferkit.metrics.intervals import (
 )
 
 
-def _probs_from(pred: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Random probabilities whose argmax is ``pred``."""
-    p = rng.random((len(pred), k))
-    p[np.arange(len(pred)), pred] += 1.0
-    return p / p.sum(axis=1, keepdims=True)
+_probs_from = probs_with_argmax
 
 
 def _simulate(rng: np.random.Generator, rare_recall: float = 0.5, n_rare: int = 40) -> tuple[np.ndarray, np.ndarray]:
