@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	# torch/torchvision first, pinned to the releases available as local wheels here (see DEVELOPERS.md);
 	# pyproject.toml itself accepts any torch>=2.4 so users elsewhere get a current release.
 	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1" || $(PY) -m pip install -q "torch>=2.4" "torchvision>=0.19"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[all,test]"
 	touch $(STAMP)
 
 demo: setup

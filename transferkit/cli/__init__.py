@@ -17,7 +17,7 @@ from transferkit.cli.common import configure
 __all__ = ["app", "run", "COMMANDS"]
 
 COMMANDS = ("train", "evaluate", "predict", "backbones", "demo", "adapt", "cache", "embed", "report", "explain",
-            "recommend", "compare")
+            "recommend", "compare", "export", "serve", "audit")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Transfer learning for small image datasets.")
 

@@ -1,0 +1,16 @@
+"""``transferkit export``: (being written)."""
+
+from __future__ import annotations
+
+import typer
+
+__all__ = ["register"]
+
+
+def export() -> None:
+    """(being written)"""
+    raise typer.Exit(2)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(export)
