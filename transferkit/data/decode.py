@@ -24,6 +24,7 @@ Policies:
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -42,6 +43,7 @@ __all__ = [
     "ImageDecodeError",
     "check_image",
     "load_rgb",
+    "load_rgb_bytes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -130,6 +132,16 @@ def load_rgb(path: str | os.PathLike[str], draft_size: int | None = None) -> Ima
     return _decode_or_raise(path, draft_size)
 
 
+def load_rgb_bytes(data: bytes, name: str = "<upload>", draft_size: int | None = None) -> Image.Image:
+    """:func:`load_rgb` for an image held in memory (an HTTP upload): the same policies and errors.
+
+    ``name`` stands for the path in error messages (e.g. the upload's file name).
+    """
+    if not data:
+        raise ImageDecodeError(name, "empty file (0 bytes)")
+    return _decode_or_raise(name, draft_size, io.BytesIO(data))
+
+
 def check_image(path: str | os.PathLike[str], draft_size: int | None = None) -> str | None:
     """Validate an image file by decoding it completely.
 
@@ -149,12 +161,12 @@ def check_image(path: str | os.PathLike[str], draft_size: int | None = None) -> 
     return None
 
 
-def _decode_or_raise(path: str | os.PathLike[str], draft_size: int | None) -> Image.Image:
-    """load_rgb's body: turn every failure into an ImageDecodeError."""
+def _decode_or_raise(path: str | os.PathLike[str], draft_size: int | None, data: io.BytesIO | None = None) -> Image.Image:
+    """load_rgb's body: turn every failure into an ImageDecodeError (``data``: the bytes, instead of reading ``path``)."""
     if draft_size is not None and draft_size < 1:
         raise ImageDecodeError(path, f"draft_size must be a positive integer, got {draft_size}")
     try:
-        return _load_rgb(path, draft_size)
+        return _load_rgb(path, draft_size, data)
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as exc:
@@ -167,15 +179,16 @@ def _decode_or_raise(path: str | os.PathLike[str], draft_size: int | None) -> Im
         raise ImageDecodeError(path, _corrupt_reason(exc)) from None
 
 
-def _load_rgb(path: str | os.PathLike[str], draft_size: int | None) -> Image.Image:
+def _load_rgb(path: str | os.PathLike[str], draft_size: int | None, data: io.BytesIO | None = None) -> Image.Image:
     """Open, check, decode and convert; may raise anything (see load_rgb).
 
     Leaving the ``with`` block closes only the file object (multi-frame
     formats keep it open after load()); the decoded pixels stay usable.
     """
-    _check_file(path)
+    if data is None:
+        _check_file(path)
     try:
-        img = Image.open(path, formats=_ALLOWED_FORMATS)
+        img = Image.open(path if data is None else data, formats=_ALLOWED_FORMATS)
     except Image.UnidentifiedImageError:
         raise ImageDecodeError(path, "not an image (cannot identify image file)") from None
     with img:

@@ -1,0 +1,343 @@
+"""Exporting a trained run (ONNX, TorchScript, int8) with a parity check, and the run's ONNX inference engine.
+
+``export_run`` writes the file, then proves it: on the run's test images (the split recorded in split.json)
+the exported model's logits must be within ``PARITY_TOL`` of PyTorch's and its top-1 identical on every image.
+The proof is printed and written beside the file (``<name>.parity.json``); a file that fails it is not kept.
+
+``run_engine`` gives ``predict``/``evaluate`` an ONNX Runtime session for a run: the graph is exported once
+into ``<run>/onnx/`` (named by the weights' hash, so retrained weights never reuse a stale graph).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2 as T
+
+from transferkit._version import __version__
+from transferkit.data.datasets import ImageDataset, collate_skipping, cpu_plan, torch_threads
+from transferkit.data.scan import Sample
+from transferkit.data.transforms import resize_size
+from transferkit.errors import ConfigError, DataError, TransferKitError
+from transferkit.export.onnx import (
+    OnnxModel,
+    Preprocessed,
+    export_onnx,
+    _quiet_export,
+    export_torchscript,
+    file_sha256,
+    require_onnx,
+    resize_policy,
+    uint8_pipeline,
+)
+from transferkit.export.runfiles import MODEL_FILE, LoadedRun, load_run
+from transferkit.fileio import write_json
+
+__all__ = ["FORMATS", "PARITY_TOL", "INT8_MAX_DROP", "export_run", "run_metadata", "run_engine", "split_samples",
+           "uint8_batches", "torch_logits", "classifier_wrapper"]
+
+FORMATS = ("onnx", "torchscript")
+PARITY_TOL = 1e-4  # max |logit difference| of an fp32 export to PyTorch
+INT8_MAX_DROP = 0.01  # --int8 refuses (without --force) when test accuracy drops by more than this
+ENGINE_DIR = "onnx"
+
+
+def split_samples(run_dir: str | os.PathLike[str], split: str) -> tuple[list[Sample], list[str]]:
+    """The images of one split of a run (split.json), and the files of it that are gone."""
+    path = Path(run_dir) / "split.json"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path} cannot be read ({exc}); export needs a run folder written by `transferkit train`") from None
+    root = Path(record["root"])
+    samples, gone = [], []
+    for rel, label in record.get(split, []):
+        file = root / rel
+        (samples.append(Sample(str(file), int(label))) if file.is_file() else gone.append(str(file)))
+    return samples, gone
+
+
+def run_metadata(run: LoadedRun, temperature: float = 1.0) -> dict[str, Any]:
+    """What a client of the exported model needs: classes, input, preprocessing and the run's figures."""
+    summary: dict[str, Any] = {}
+    try:
+        summary = json.loads((run.path / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        pass
+    return {
+        "format": "transferkit-classifier",
+        "format_version": 1,
+        "classes": list(run.classes),
+        "input_size": run.spec.input_size,
+        "input": {"name": "images", "dtype": "uint8", "layout": "NHWC", "channels": "RGB"},
+        "outputs": {"logits": "raw class scores", "probs": "softmax of logits / temperature"},
+        "temperature": float(temperature),
+        "resize": resize_policy(run.spec),
+        "mean": list(run.spec.mean),
+        "std": list(run.spec.std),
+        "backbone": run.spec.name,
+        "arch": run.spec.arch,
+        "transferkit_version": __version__,
+        "weights_sha256": file_sha256(run.path / run.meta.get("weights", MODEL_FILE)),
+        "run": str(run.path),
+        "test_metrics": summary.get("metrics", {}),
+        "test_ci95": summary.get("ci95", {}),
+        "test_n": (summary.get("protocol", {}).get("test") or {}).get("n"),
+    }
+
+
+def classifier_wrapper(run: LoadedRun, temperature: float = 1.0) -> Preprocessed:
+    """A CPU fp32 copy of the run's model behind its preprocessing (the run's own model is left as it is)."""
+    net = copy.deepcopy(run.model).to("cpu").float().eval()
+    return Preprocessed(net, run.spec.mean, run.spec.std, ("logits", "probs"), temperature=temperature).eval()
+
+
+@dataclass
+class Uint8Batch:
+    indices: np.ndarray  # positions in the given samples
+    images: np.ndarray  # uint8 [n, H, W, 3]
+    labels: np.ndarray
+    failed: list[tuple[int, str]]
+
+
+def uint8_batches(samples: Sequence[Sample], spec: Any, batch_size: int = 64, workers: int = -1) -> Iterator[Uint8Batch]:
+    """Decode ``samples`` into the graph's input (the evaluation geometry, uint8 NHWC) in loader workers."""
+    dataset = ImageDataset(list(samples), uint8_pipeline(spec), resize_size(spec))
+    n_workers = cpu_plan(workers).workers
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=n_workers, collate_fn=collate_skipping,
+                        prefetch_factor=4 if n_workers else None)
+    for batch in loader:
+        if batch["images"] is None:
+            yield Uint8Batch(np.zeros(0, np.int64), np.zeros((0, spec.input_size, spec.input_size, 3), np.uint8),
+                             np.zeros(0, np.int64), batch["failed"])
+            continue
+        images = batch["images"].permute(0, 2, 3, 1).contiguous().numpy()
+        yield Uint8Batch(batch["indices"].numpy(), images, batch["labels"].numpy(), batch["failed"])
+
+
+@torch.inference_mode()
+def torch_logits(model: torch.nn.Module, spec: Any, images: np.ndarray) -> np.ndarray:
+    """PyTorch's logits for uint8 NHWC images, normalised by torchvision's own ops (the training eval transform)."""
+    normalise = T.Compose([T.ToDtype(torch.float32, scale=True), T.Normalize(spec.mean, spec.std)])
+    x = normalise(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
+    return model(x).float().numpy()
+
+
+def _decode_all(samples: Sequence[Sample], spec: Any, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = [], []
+    for batch in uint8_batches(list(samples)[:limit] if limit else samples, spec):
+        images.append(batch.images)
+        labels.append(batch.labels)
+    if not images or not sum(len(x) for x in images):
+        raise DataError("none of the run's images could be read for the parity check; is the data folder still there?")
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def _parity(run_exported: Callable[[np.ndarray], np.ndarray], reference: np.ndarray, images: np.ndarray,
+            labels: np.ndarray, batch_size: int = 64) -> dict[str, Any]:
+    logits = np.concatenate([run_exported(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+    diff = np.abs(logits - reference)
+    same = logits.argmax(1) == reference.argmax(1)
+    return {
+        "n": int(len(images)),
+        "max_abs_logit_diff": float(diff.max()),
+        "mean_abs_logit_diff": float(diff.mean()),
+        "top1_agreement": float(same.mean()),
+        "top1_disagreements": int((~same).sum()),
+        "accuracy_torch": float((reference.argmax(1) == labels).mean()),
+        "accuracy_exported": float((logits.argmax(1) == labels).mean()),
+    }
+
+
+def _timed(fn: Callable[[np.ndarray], Any], images: np.ndarray, batch_size: int = 32, repeats: int = 2) -> float:
+    """Images per second of ``fn`` over ``images`` in batches (best of ``repeats``; compute only)."""
+    fn(images[:batch_size])  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for i in range(0, len(images), batch_size):
+            fn(images[i:i + batch_size])
+        best = min(best, time.perf_counter() - started)
+    return len(images) / best
+
+
+def _onnx_runner(path: Path, threads: int | None) -> Callable[[np.ndarray], np.ndarray]:
+    model = OnnxModel(path, threads=threads)
+    return lambda x: model.run(x)["logits"]
+
+
+def export_run(
+    run_dir: str | os.PathLike[str],
+    fmt: str,
+    out: str | os.PathLike[str],
+    *,
+    int8: bool = False,
+    force: bool = False,
+    calibration_images: int = 256,
+    say: Callable[[str], None] = lambda line: None,
+) -> dict[str, Any]:
+    """Export a run as ``fmt`` to ``out``, check parity on its test split, and return the record written beside it.
+
+    ``int8``: ONNX Runtime static quantisation (QDQ, per-channel weights) calibrated on up to
+    ``calibration_images`` training images; the test-accuracy change and the speed ratio to fp32 are measured,
+    and the file is refused when accuracy drops by more than ``INT8_MAX_DROP`` unless ``force``.
+    """
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt!r} is not supported; choose one of {', '.join(FORMATS)}")
+    if int8 and fmt != "onnx":
+        raise ConfigError("--int8 quantises with ONNX Runtime; use it with --format onnx")
+    if fmt == "onnx":
+        require_onnx("--format onnx")
+    target = Path(out)
+    if target.is_dir():
+        raise ConfigError(f"--out {target} is a folder; give the file to write, e.g. {target / ('model.' + ('onnx' if fmt == 'onnx' else 'pt'))}")
+    run = load_run(run_dir)
+    samples, gone = split_samples(run_dir, "test")
+    if not samples:
+        raise DataError(f"{run_dir}: none of the test images in split.json exist ({len(gone)} missing); "
+                        "the parity check needs them: restore the data folder the run was trained on")
+    meta = run_metadata(run)
+    wrapper = classifier_wrapper(run)
+    say(f"decoding {len(samples)} test image(s) for the parity check ...")
+    images, labels = _decode_all(samples, run.spec)
+    reference = torch_logits(wrapper.net, run.spec, images)
+    threads = cpu_plan(0).threads
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:  # same file system: the final move is atomic
+        staged = Path(tmp) / target.name
+        if fmt == "onnx":
+            export_onnx(wrapper, run.spec.input_size, staged, meta)
+            runner = _onnx_runner(staged, threads)
+        else:
+            export_torchscript(wrapper, run.spec.input_size, staged, meta)
+            with _quiet_export():
+                scripted = torch.jit.load(str(staged))
+
+            def runner(x: np.ndarray) -> np.ndarray:
+                with torch.inference_mode():
+                    return scripted(torch.from_numpy(x))[0].numpy()
+        with torch_threads(threads):
+            parity = _parity(runner, reference, images, labels)
+        parity.update(tolerance=PARITY_TOL, images=f"the run's test split ({len(samples)} listed, {len(gone)} missing)")
+        parity["passed"] = parity["max_abs_logit_diff"] <= PARITY_TOL and parity["top1_disagreements"] == 0
+        record: dict[str, Any] = {"file": str(target), "format": fmt, "metadata": meta, "parity": parity}
+        if not parity["passed"]:
+            raise TransferKitError(
+                f"the exported {fmt} model disagrees with PyTorch on the test split (max |logit diff| "
+                f"{parity['max_abs_logit_diff']:.2e} > {PARITY_TOL:g} or {parity['top1_disagreements']} top-1 "
+                "changes); nothing was written. Run with --debug and report it: it is a bug")
+        say(f"parity on {parity['n']} test images: max |logit diff| {parity['max_abs_logit_diff']:.2e} "
+            f"(tolerance {PARITY_TOL:g}), top-1 identical on all")
+        if int8:
+            record["int8"] = _quantise(run, staged, Path(tmp) / "int8.onnx", meta, images, labels, reference,
+                                       calibration_images, threads, say)
+            drop = record["int8"]["accuracy_drop"]
+            if drop > INT8_MAX_DROP and not force:
+                raise TransferKitError(
+                    f"int8 quantisation costs {drop * 100:.1f} accuracy points on the test split "
+                    f"(> {INT8_MAX_DROP * 100:.0f}); nothing was written. Export fp32 (drop --int8), "
+                    "or pass --force to write it anyway")
+            os.replace(Path(tmp) / "int8.onnx", staged)
+        os.replace(staged, target)
+    record["bytes"] = target.stat().st_size
+    write_json(parity_file(target), record)
+    return record
+
+
+def parity_file(target: Path) -> Path:
+    """``model.onnx`` -> ``model.parity.json`` (the proof beside the file)."""
+    return target.with_name(target.stem + ".parity.json")
+
+
+def _quantise(run: LoadedRun, fp32: Path, out: Path, meta: dict[str, Any], images: np.ndarray, labels: np.ndarray,
+              reference: np.ndarray, calibration_images: int, threads: int, say: Callable[[str], None]) -> dict[str, Any]:
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    train, _ = split_samples(run.path, "train")
+    rng = np.random.default_rng(0)
+    pick = sorted(rng.choice(len(train), size=min(calibration_images, len(train)), replace=False).tolist()) if train else []
+    if not pick:
+        raise DataError(f"{run.path}: no training images are left to calibrate int8 quantisation on")
+    say(f"calibrating int8 on {len(pick)} training image(s) ...")
+    calib, _ = _decode_all([train[i] for i in pick], run.spec)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([calib[i:i + 32] for i in range(0, len(calib), 32)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.batches, None)
+            return None if batch is None else {"images": batch}
+
+    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    model = onnx.load(str(out))  # keep the metadata (and say it is int8)
+    del model.metadata_props[:]
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "transferkit", json.dumps({**meta, "precision": "int8 (ONNX Runtime static QDQ)"}, sort_keys=True)
+    onnx.save(model, str(out))
+    fp32_run, int8_run = _onnx_runner(fp32, threads), _onnx_runner(out, threads)
+    quality = _parity(int8_run, reference, images, labels)
+    fp32_speed, int8_speed = _timed(fp32_run, images), _timed(int8_run, images)
+    result = {
+        "calibration_images": len(pick),
+        "accuracy_fp32": quality["accuracy_torch"],
+        "accuracy_int8": quality["accuracy_exported"],
+        "accuracy_drop": quality["accuracy_torch"] - quality["accuracy_exported"],
+        "top1_agreement_with_fp32": quality["top1_agreement"],
+        "n": quality["n"],
+        "images_per_s_fp32": fp32_speed,
+        "images_per_s_int8": int8_speed,
+        "speed_ratio": int8_speed / fp32_speed,
+        "threads": threads,
+        "timing": "compute only, ONNX Runtime CPU, batch 32, best of 2 passes over the test images",
+    }
+    say(f"int8: test accuracy {result['accuracy_int8']:.3f} vs fp32 {result['accuracy_fp32']:.3f} "
+        f"(n={result['n']}), {result['speed_ratio']:.2f}x the fp32 speed ({int8_speed:.1f} vs {fp32_speed:.1f} images/s)")
+    return result
+
+
+def run_engine(run: LoadedRun, threads: int | None = None) -> OnnxModel:
+    """An ONNX Runtime session for a run, exported on first use into ``<run>/onnx/`` and parity-checked then.
+
+    Named by the weights' SHA-256 and the torch version (the exporter), so a changed model never reuses an
+    old graph. A read-only run folder gets the graph in a temporary folder instead.
+    """
+    require_onnx("--engine onnx")
+    meta = run_metadata(run)
+    name = f"model-{meta['weights_sha256'][:16]}-torch{torch.__version__.split('+')[0]}.onnx"
+    for folder in (run.path / ENGINE_DIR, Path(tempfile.gettempdir()) / "transferkit-onnx"):
+        path = folder / name
+        if path.is_file():
+            return OnnxModel(path, threads=threads)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            wrapper = classifier_wrapper(run)
+            export_onnx(wrapper, run.spec.input_size, path, meta)
+        except OSError:
+            continue
+        engine = OnnxModel(path, threads=threads)
+        _smoke_parity(engine, wrapper, run.spec)
+        return engine
+    raise TransferKitError(f"could not write the ONNX engine's graph for {run.path}; use --engine torch")
+
+
+def _smoke_parity(engine: OnnxModel, wrapper: Preprocessed, spec: Any) -> None:
+    """A freshly exported engine graph must match PyTorch on random images before it is used."""
+    images = np.random.default_rng(0).integers(0, 256, (2, spec.input_size, spec.input_size, 3), dtype=np.uint8)
+    diff = float(np.abs(engine.run(images)["logits"] - torch_logits(wrapper.net, spec, images)).max())
+    if diff > PARITY_TOL:
+        engine.path.unlink(missing_ok=True)
+        raise TransferKitError(f"the ONNX graph of {wrapper.net.spec.name} differs from PyTorch by {diff:.2e}; "
+                               "use --engine torch and report it")
