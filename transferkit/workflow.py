@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from transferkit.config import FLAT_KEYS, RunCfg, apply_overrides, config_from_dict, flat_overrides, load_config
-from transferkit.data.datasets import ImageDataset, make_loader
+from transferkit.data.datasets import ImageDataset, cpu_plan, make_loader
 from transferkit.data.scan import (
     Sample,
     ScanResult,
@@ -32,6 +32,7 @@ from transferkit.models.runtime import pick_device, predict_loader, prediction_r
 from transferkit.engine.oom import oom_guard
 from transferkit.engine.trainer import RunResult, Trainer
 from transferkit.errors import DataError
+from transferkit.export.deploy import onnx_predict, resolve_engine, run_engine
 from transferkit.export.runfiles import LoadedRun, load_run
 from transferkit.fileio import write_json
 from transferkit.metrics.classification import detailed_metrics
@@ -151,8 +152,24 @@ def _labelled_samples(run: LoadedRun, data: str | os.PathLike) -> tuple[list[Sam
     return samples, list(scan.skipped)
 
 
+def _infer(loaded: LoadedRun, samples: list[Sample], batch_size: int, engine: str, what: str,
+           on_failed: Any) -> tuple[dict[str, Any], str]:
+    """Softmax probabilities of ``samples`` (``predict_loader``'s result) with the chosen engine, and its name."""
+    device = pick_device()
+    chosen = resolve_engine(engine, device)
+    if chosen == "onnx":
+        plan = cpu_plan()
+        return onnx_predict(run_engine(loaded, threads=plan.threads), samples, loaded.spec, batch_size, plan.workers,
+                            on_failed), "onnxruntime"
+    loaded.model.to(device)
+    dataset = ImageDataset(samples, eval_transform(loaded.spec), resize_size(loaded.spec))
+    with oom_guard(batch_size, what):
+        return predict_loader(loaded.model, make_loader(dataset, batch_size, False, 0), device, on_failed=on_failed), "torch"
+
+
 def evaluate(
-    run: str | os.PathLike | LoadedRun, data: str | os.PathLike, out: str | os.PathLike | None = None, batch_size: int = 64
+    run: str | os.PathLike | LoadedRun, data: str | os.PathLike, out: str | os.PathLike | None = None, batch_size: int = 64,
+    engine: str = "auto",
 ) -> dict[str, Any]:
     """Metrics of a trained run on a labelled folder (whole folder, or its test/ else val/ split).
 
@@ -166,24 +183,19 @@ def evaluate(
     """
     loaded = run if isinstance(run, LoadedRun) else load_run(run)
     samples, skipped = _labelled_samples(loaded, data)
-    device = pick_device()
-    loaded.model.to(device)
-    dataset = ImageDataset(samples, eval_transform(loaded.spec), resize_size(loaded.spec))
     failed: list[tuple[str, str]] = []
-    with oom_guard(batch_size, "evaluation"):
-        result = predict_loader(
-            loaded.model, make_loader(dataset, batch_size, False, 0), device,
-            on_failed=lambda items: failed.extend((dataset.samples[i].path, r) for i, r in items),
-        )
+    result, used = _infer(loaded, samples, batch_size, engine, "evaluation",
+                          lambda items: failed.extend((samples[i].path, r) for i, r in items))
     if len(result["labels"]) == 0:  # every file became unreadable after the scan checked it
         example = f" (e.g. {failed[0][0]!r}: {failed[0][1]})" if failed else ""
         raise DataError(f"{data}: none of the images could be read{example}; check the files")
     report = detailed_metrics(result["labels"], result["outputs"], loaded.classes)
     report["data"] = str(data)
+    report["engine"] = used
     report["skipped_files"] = [{"path": p, "reason": r} for p, r in skipped + failed]
     target = Path(out) if out else loaded.path
     write_json(target / "evaluation.json", report)
-    rows = prediction_rows([s.path for s in dataset.samples], result["indices"], result["labels"], result["outputs"])
+    rows = prediction_rows([s.path for s in samples], result["indices"], result["labels"], result["outputs"])
     from transferkit.report import build_evaluation_report
 
     build_evaluation_report(target, report, rows, run=loaded)  # evaluation.html beside evaluation.json
@@ -191,32 +203,31 @@ def evaluate(
 
 
 def predict(
-    run: str | os.PathLike | LoadedRun, paths: Sequence[str | os.PathLike], top_k: int = 1, batch_size: int = 64
+    run: str | os.PathLike | LoadedRun, paths: Sequence[str | os.PathLike], top_k: int = 1, batch_size: int = 64,
+    engine: str = "auto",
 ) -> list[dict[str, Any]]:
-    """Top-k predictions for files and folders. A bad file gets a row with ``error``; the rest still predict."""
+    """Top-k predictions for files and folders. A bad file gets a row with ``error``; the rest still predict.
+
+    ``engine``: ``auto`` (ONNX Runtime on the CPU when installed, PyTorch on a GPU), ``torch`` or ``onnx``.
+    """
     loaded = run if isinstance(run, LoadedRun) else load_run(run)
     files = list_image_files(paths)
     if not files:
         raise DataError(f"no image files found in {', '.join(map(str, paths))}; pass image files or folders of images")
     k = max(1, min(top_k, len(loaded.classes)))
-    device = pick_device()
-    loaded.model.to(device)
     rows: dict[int, dict[str, Any]] = {}
     missing = [i for i, f in enumerate(files) if not os.path.isfile(f)]
     for i in missing:
         rows[i] = {"path": files[i], "error": "file not found"}
-    samples = [Sample(f, -1) for i, f in enumerate(files)]
-    dataset = ImageDataset(samples, eval_transform(loaded.spec), resize_size(loaded.spec))
     keep = [i for i in range(len(files)) if i not in rows]
-    subset = ImageDataset([samples[i] for i in keep], dataset.transform, dataset.draft_size)
+    subset = [Sample(files[i], -1) for i in keep]
 
     def on_failed(items: list[tuple[int, str]]) -> None:
         for j, reason in items:
             rows[keep[j]] = {"path": files[keep[j]], "error": reason}
 
-    with oom_guard(batch_size, "prediction"):
-        result = predict_loader(loaded.model, make_loader(subset, batch_size, False, 0), device, on_failed=on_failed)
-    for j, row in zip(result["indices"], prediction_rows([s.path for s in subset.samples], result["indices"],
+    result, _ = _infer(loaded, subset, batch_size, engine, "prediction", on_failed)
+    for j, row in zip(result["indices"], prediction_rows([s.path for s in subset], result["indices"],
                                                           result["labels"], result["outputs"])):
         rows[keep[int(j)]] = top_k_row(row, loaded.classes, k)
     return [rows[i] for i in range(len(files))]

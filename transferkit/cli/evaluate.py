@@ -16,13 +16,15 @@ def evaluate(
     run: Path = typer.Argument(..., help="A run folder."),
     data: Path = typer.Argument(..., help="Labelled image folder (class sub-folders, or its test/ or val/ split)."),
     out: Optional[Path] = typer.Option(None, help="Where to write evaluation.json (default: the run folder)."),
+    engine: str = typer.Option("auto", help="auto | torch | onnx. auto: ONNX Runtime on the CPU when installed "
+                                            "(about 2x faster), PyTorch on a GPU."),
 ) -> None:
     """Metrics, per-class precision/recall/F1 and confusion matrix of a run on labelled data."""
 
     def go() -> dict[str, Any]:
         import transferkit.api as api
 
-        return api.evaluate(run, data, out=out)
+        return api.evaluate(run, data, out=out, engine=engine)
 
     report = guarded(go)
     from transferkit.data.balance import IMBALANCE_RATIO

@@ -2,24 +2,32 @@
 
 >>> from transferkit.features import embed_folder
 >>> out = embed_folder("data/flowers", "flowers.npz")      # embeddings, labels, paths, classes
+
+The names below load on first use (PEP 562): ``transferkit embed`` on a warm cache needs the cache and
+the store, not scikit-learn (the probe), whose import alone takes about a second.
 """
 
-from transferkit.features.cache import FeatureCache, ViewRows
-from transferkit.features.export import embed_folder
-from transferkit.features.headfit import CachedHead, FeatureSet, frozen_prefix
-from transferkit.features.probe import ProbeFit, fit_linear_probe
-from transferkit.features.store import cache_info, cache_root, clear_cache
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "FeatureCache",
-    "ViewRows",
-    "FeatureSet",
-    "CachedHead",
-    "frozen_prefix",
-    "fit_linear_probe",
-    "ProbeFit",
-    "embed_folder",
-    "cache_info",
-    "cache_root",
-    "clear_cache",
-]
+_WHERE = {
+    "FeatureCache": "cache",
+    "ViewRows": "cache",
+    "FeatureSet": "headfit",
+    "CachedHead": "headfit",
+    "frozen_prefix": "headfit",
+    "fit_linear_probe": "probe",
+    "ProbeFit": "probe",
+    "embed_folder": "export",
+    "cache_info": "store",
+    "cache_root": "store",
+    "clear_cache": "store",
+}
+
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)

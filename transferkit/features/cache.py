@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -17,8 +17,16 @@ from torch import nn
 
 from transferkit.data.transforms import eval_transform, resize_size, train_transform
 from transferkit.errors import CheckpointError
-from transferkit.features.extract import embed_images
-from transferkit.features.keys import digest_files, model_identity, namespace_key, view_identity, view_seed, weights_digest
+from transferkit.features.extract import default_embed_workers, embed_images, forward_threads
+from transferkit.features.keys import (
+    digest_files,
+    engine_identity,
+    model_identity,
+    namespace_key,
+    view_identity,
+    view_seed,
+    weights_digest,
+)
 from transferkit.features.store import DTYPE, Namespace, RowReader, ShardIndex, ShardWriter, cache_root
 from transferkit.models.backbones import BackboneSpec
 
@@ -69,7 +77,7 @@ class FeatureCache:
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: nn.Module | Callable[[], nn.Module],
         spec: BackboneSpec,
         *,
         weights: str | None = None,
@@ -83,8 +91,14 @@ class FeatureCache:
         channels_last: bool = True,
         augment: str = "light",
         say: Callable[[str], None] | None = None,
+        engine: str = "torch",
     ) -> None:
-        self.backbone, self.spec, self.enabled = backbone, spec, enabled
+        # a factory is called only when something must be embedded: a warm lookup never builds the network
+        self._backbone = backbone if isinstance(backbone, nn.Module) else None
+        self._factory = None if isinstance(backbone, nn.Module) else backbone
+        self.spec, self.enabled = spec, enabled
+        if engine not in ("torch", "onnx"):
+            raise ValueError(f"engine must be 'torch' or 'onnx', not {engine!r}")
         self.device = torch.device(device)
         self.amp = amp and self.device.type == "cuda"
         self.batch_size, self.workers, self.channels_last, self.augment = batch_size, workers, channels_last, augment
@@ -92,8 +106,19 @@ class FeatureCache:
         self.root = cache_root(cache_dir)
         self.say = say or (lambda text: None)
         precision = "bf16-autocast" if self.amp else "fp32"
-        self.identity = model_identity(spec, weights_digest(spec, weights, pretrained, backbone), self.draft_size, precision)
+        if engine == "onnx" and self.device.type != "cpu":
+            raise ValueError("the onnx engine runs on the CPU")
+        self.engine = engine
+        digest = weights_digest(spec, weights, pretrained, lambda: self.backbone)
+        self.identity = model_identity(spec, digest, self.draft_size, precision, engine=engine_identity(engine))
         self.embedded = 0  # images pushed through the backbone by this object (tests and benchmarks read it)
+        self._onnx: Any = None
+
+    @property
+    def backbone(self) -> nn.Module:
+        if self._backbone is None:
+            self._backbone = self._factory()
+        return self._backbone
 
     def namespace(self, view: int | None = None) -> Namespace:
         return Namespace(self.root, namespace_key(self.identity, view_identity(self.spec, view, self.augment)))
@@ -173,7 +198,19 @@ class FeatureCache:
             self.backbone, [paths[i] for i in todo], self._transform(view), draft_size=self.draft_size,
             device=self.device, batch_size=self.batch_size, workers=self.workers, channels_last=self.channels_last,
             amp=self.amp, seeds=seeds, digests=digests[todo] if self.enabled else None,
+            runner=self._onnx_runner() if self.engine == "onnx" else None,
         )
+
+    def _onnx_runner(self) -> Callable[[torch.Tensor], np.ndarray]:
+        """ONNX Runtime on the backbone's graph (uint8 in, features out), exported once per identity into the cache
+        folder and checked against PyTorch before first use (:func:`transferkit.export.deploy.backbone_engine`)."""
+        if self._onnx is None:
+            from transferkit.export.deploy import backbone_engine
+
+            self._onnx = backbone_engine(self.backbone, self.spec, self.root / "onnx" / f"{namespace_key(self.identity)}.onnx",
+                                         threads=forward_threads(default_embed_workers(self.workers)))
+        model = self._onnx
+        return lambda images: model.run(images.permute(0, 2, 3, 1).numpy())["features"]
 
     def _in_memory(self, paths: list[str], digests: np.ndarray, readable: np.ndarray, failed: dict[int, str], view: int | None) -> ViewRows:
         array = np.zeros((len(paths), self.spec.feature_dim), dtype=DTYPE)

@@ -12,6 +12,7 @@ import numpy as np
 from transferkit.data.scan import scan_dataset
 from transferkit.models.runtime import pick_device
 from transferkit.errors import ConfigError
+from transferkit.export.deploy import resolve_engine
 from transferkit.features.cache import FeatureCache
 from transferkit.fileio import atomic_write
 from transferkit.models.backbones import build_backbone, resolve_spec
@@ -33,6 +34,7 @@ def embed_folder(
     cache_dir: str | None = None,
     dtype: str = "float16",
     say: Any = None,
+    engine: str = "auto",
 ) -> dict[str, Any]:
     """Embed every image of a class-folder dataset with a pretrained backbone (eval transform).
 
@@ -43,6 +45,8 @@ def embed_folder(
         cache: read and fill the embedding cache (``cache_dir``, default the user cache folder).
         dtype: ``float16`` (as cached) or ``float32``.
         say: optional callable receiving progress lines.
+        engine: ``auto`` (ONNX Runtime on the CPU when installed, PyTorch on a GPU), ``torch`` or ``onnx``;
+            part of the cache key (the engines' features differ by ~1e-6).
 
     Returns:
         ``embeddings`` (n, dim), ``labels`` (n,), ``paths`` (n,), ``splits`` (n,), ``classes``,
@@ -57,9 +61,11 @@ def embed_folder(
     skipped = [item for name in names for item in scans[name].skipped]
     spec = resolve_spec(backbone, weights).with_input_size(input_size)
     dev = pick_device(device)
-    model = build_backbone(spec, pretrained=True, weights=weights).to(dev)
-    fc = FeatureCache(model, spec, weights=weights, cache_dir=cache_dir, enabled=cache, device=dev,
-                      batch_size=batch_size, workers=workers, say=say)
+    chosen = resolve_engine(engine, dev)
+    # built only if something is missing from the cache: a warm run never constructs the network
+    fc = FeatureCache(lambda: build_backbone(spec, pretrained=True, weights=weights).to(dev), spec, weights=weights,
+                      cache_dir=cache_dir, enabled=cache, device=dev, batch_size=batch_size, workers=workers, say=say,
+                      engine=chosen)
     rows = fc.lookup([s.path for _, s in samples])
     skipped += [(samples[i][1].path, reason) for i, reason in sorted(rows.failed.items())]
     keep = rows.positions

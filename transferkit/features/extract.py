@@ -116,6 +116,7 @@ def embed_images(
     threads: int | None = None,
     digests: np.ndarray | None = None,
     fold_bn: bool = True,
+    runner: Callable[[torch.Tensor], np.ndarray] | None = None,
 ) -> Iterator[EmbedBatch]:
     """Yield the backbone's pooled features for ``paths`` batch by batch (the backbone runs in eval mode).
 
@@ -129,6 +130,8 @@ def embed_images(
             reported as failed, so a cache never files an embedding under another content's hash.
         fold_bn: run a copy of the backbone with BatchNorm folded into the convolutions (checked
             against the original on the first batch; see :mod:`transferkit.features.fuse`).
+        runner: computes the features of a uint8 ``[N, 3, H, W]`` batch instead of ``backbone``
+            (ONNX Runtime, whose graph normalises itself); ``transform`` must end in ToDtype + Normalize.
     """
     device = torch.device(device)
     pre, mean, std = split_normalize(transform)
@@ -144,7 +147,7 @@ def embed_images(
     )
     was_training = backbone.training
     backbone.eval()
-    if channels_last:
+    if channels_last and runner is None:
         backbone.to(memory_format=torch.channels_last)
     net = None
     try:
@@ -152,6 +155,11 @@ def embed_images(
             for batch in loader:
                 if batch["images"] is None:
                     yield EmbedBatch(np.zeros(0, np.int64), np.zeros((0, 0), np.float32), batch["failed"])
+                    continue
+                if runner is not None:
+                    if mean is None:
+                        raise ValueError("an engine runner needs a transform ending in ToDtype(scale) + Normalize")
+                    yield EmbedBatch(batch["indices"].numpy(), np.asarray(runner(batch["images"]), np.float32), batch["failed"])
                     continue
                 x = _normalise(batch["images"], mean, std, device, channels_last)
                 if net is None:

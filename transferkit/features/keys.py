@@ -18,7 +18,7 @@ import json
 import os
 import re
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import timm
@@ -36,6 +36,7 @@ __all__ = [
     "digest_files",
     "weights_digest",
     "model_identity",
+    "engine_identity",
     "library_versions",
     "view_identity",
     "namespace_key",
@@ -90,8 +91,12 @@ def _state_dict_digest(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def weights_digest(spec: BackboneSpec, weights: str | None, pretrained: bool, backbone: nn.Module) -> str:
-    """SHA-256 naming the backbone weights: of the ``--weights`` file, of the packaged file, else of the state dict."""
+def weights_digest(spec: BackboneSpec, weights: str | None, pretrained: bool,
+                   backbone: nn.Module | Callable[[], nn.Module]) -> str:
+    """SHA-256 naming the backbone weights: of the ``--weights`` file, of the packaged file, else of the state dict.
+
+    ``backbone`` may be a factory: it is called only when the state dict must be hashed.
+    """
     if weights:
         return "file:" + _weights_file_digest(weights)
     match = re.fullmatch(r"tf_efficientnet_lite(\d)", spec.arch)
@@ -100,7 +105,7 @@ def weights_digest(spec: BackboneSpec, weights: str | None, pretrained: bool, ba
 
         return "package:" + _weights_file_digest(packaged_weights_path(int(match.group(1))))
     # timm hub weights (no stable local file) or a random init: hash what was actually loaded
-    return "state:" + _state_dict_digest(backbone)
+    return "state:" + _state_dict_digest(backbone if isinstance(backbone, nn.Module) else backbone())
 
 
 def library_versions() -> dict[str, str]:
@@ -108,8 +113,17 @@ def library_versions() -> dict[str, str]:
     return {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__), "timm": str(timm.__version__)}
 
 
+def engine_identity(engine: str) -> str:
+    """The engine half of the key: ``torch``, or ``onnxruntime-<version>`` (its kernels differ from PyTorch's by ~1e-6)."""
+    if engine == "torch":
+        return "torch"
+    from importlib.metadata import version
+
+    return f"onnxruntime-{version('onnxruntime')}"
+
+
 def model_identity(
-    spec: BackboneSpec, weights_hash: str, draft_size: int | None, precision: str = "fp32"
+    spec: BackboneSpec, weights_hash: str, draft_size: int | None, precision: str = "fp32", engine: str = "torch"
 ) -> dict[str, Any]:
     """The backbone half of a namespace: what maps the same pixels to the same features."""
     return {
@@ -121,6 +135,7 @@ def model_identity(
         "feature_dim": spec.feature_dim,
         "draft_size": draft_size,
         "precision": precision,
+        "engine": engine,
         "versions": library_versions(),
     }
 
