@@ -280,7 +280,11 @@ def _quantise(run: LoadedRun, fp32: Path, out: Path, meta: dict[str, Any], image
             batch = next(self.batches, None)
             return None if batch is None else {"images": batch}
 
-    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = out.with_name("prepared.onnx")  # shape inference + graph clean-up, as ONNX Runtime advises
+    quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+    quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     model = onnx.load(str(out))  # keep the metadata (and say it is int8)
     del model.metadata_props[:]
