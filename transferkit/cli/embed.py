@@ -30,6 +30,10 @@ def embed(
 
     result = guarded(lambda: embed_folder(data, out, batch_size=batch_size, dtype=dtype, engine=engine,
                                           say=lambda line: typer.echo(line, err=True), **settings))
+    import os
+
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun: rank 0 writes the file and speaks for the job
+        return
     n, dim = result["embeddings"].shape
     typer.echo(f"{n} embeddings of size {dim} ({dtype}), {len(result['classes'])} classes -> {out}")
     if len(result["skipped_paths"]):

@@ -30,7 +30,7 @@ from transferkit.features.keys import (
 from transferkit.features.store import DTYPE, Namespace, RowReader, ShardIndex, ShardWriter, cache_root
 from transferkit.models.backbones import BackboneSpec
 
-__all__ = ["FeatureCache", "ViewRows", "SHARD_ROWS"]
+__all__ = ["FeatureCache", "ViewRows", "Part", "SHARD_ROWS"]
 
 SHARD_ROWS = 4096  # commit a shard every this many rows: an interrupted fill keeps all but the last chunk
 
@@ -70,6 +70,27 @@ class ViewRows:
         if self._reader is None:
             self._reader = RowReader(self.index.shards)
         return self._reader.read(self.shard[which], self.row[which])
+
+
+@dataclass(frozen=True)
+class Part:
+    """This process's share of a torchrun job: ``rank`` of ``world``, and the job's barrier."""
+
+    rank: int
+    world: int
+    barrier: Callable[[], None]
+
+    def share(self, todo: np.ndarray) -> np.ndarray:
+        """Every ``world``-th item from ``rank``: the shares are disjoint and together cover ``todo``."""
+        return todo[self.rank::self.world]
+
+
+def _unique_by_digest(positions: np.ndarray, digests: np.ndarray) -> np.ndarray:
+    """``positions`` without later copies of the same bytes, in their original order."""
+    if not positions.size:
+        return positions
+    _, first = np.unique(np.ascontiguousarray(digests[positions]).view(f"V{digests.shape[1]}").ravel(), return_index=True)
+    return positions[np.sort(first)]
 
 
 class FeatureCache:
@@ -126,17 +147,30 @@ class FeatureCache:
     def _transform(self, view: int | None):
         return eval_transform(self.spec) if view is None else train_transform(self.spec, self.augment)
 
-    def lookup(self, paths: Sequence[str], view: int | None = None) -> ViewRows:
-        """Embeddings of ``paths`` for ``view`` (None: the eval transform; j: augmented view j)."""
+    def lookup(self, paths: Sequence[str], view: int | None = None, part: Part | None = None) -> ViewRows:
+        """Embeddings of ``paths`` for ``view`` (None: the eval transform; j: augmented view j).
+
+        ``part``: this process is one of the ranks of a torchrun job, all calling ``lookup`` with the same
+        paths. The missing files are split between them (each embeds and commits its share of the
+        shards), then every rank waits at the barrier and reads all rows. Unreadable files are then known
+        only to the rank that tried them; the others report them as "could not be embedded".
+        """
         paths = [str(p) for p in paths]
         digests, failed = digest_files(paths)
         readable = np.array([i for i in range(len(paths)) if i not in failed], dtype=np.int64)
         if not self.enabled:
+            if part is not None and part.world > 1:
+                raise ValueError("sharded embedding needs the cache (the ranks exchange rows through it)")
             return self._in_memory(paths, digests, readable, failed, view)
         ns = self.namespace(view)
         index = ns.index()
         shard, _ = index.find(digests[readable])
-        if (shard < 0).any():
+        if part is not None and part.world > 1:
+            failed.update(self._fill(ns, paths, digests, part.share(_unique_by_digest(readable[shard < 0], digests)),
+                                     view, shared=True))
+            part.barrier()  # every rank's shards are committed before anyone reads
+            index = ns.index()
+        elif (shard < 0).any():
             failed.update(self._fill(ns, paths, digests, readable[shard < 0], view))
             index = ns.index()
         shard, row = index.find(digests)
@@ -147,17 +181,18 @@ class FeatureCache:
                 failed[int(i)] = by_bytes.get(digests[i].tobytes(), "could not be embedded")
         return ViewRows(ok, failed, self.spec.feature_dim, index=index, shard=shard[ok], row=row[ok])
 
-    def _fill(self, ns: Namespace, paths: list[str], digests: np.ndarray, missing: np.ndarray, view: int | None) -> dict[int, str]:
+    def _fill(self, ns: Namespace, paths: list[str], digests: np.ndarray, missing: np.ndarray, view: int | None,
+              shared: bool = False) -> dict[int, str]:
         """Embed the missing files under the namespace lock; returns {position: reason} for unreadable ones."""
-        with ns.locked(on_wait=lambda: self.say(f"waiting for another process that is filling the cache {ns.path} ...")):
-            ns.remove_orphans()
+        with ns.locked(on_wait=lambda: self.say(f"waiting for another process that is filling the cache {ns.path} ..."),
+                       shared=shared):
+            if not shared:
+                ns.remove_orphans()
             shard, _ = ns.index().find(digests[missing])  # another run may have filled them while we waited
             missing = missing[shard < 0]
             if not missing.size:
                 return {}
-            # identical bytes under two names: embed once
-            _, first = np.unique(np.ascontiguousarray(digests[missing]).view(f"V{digests.shape[1]}").ravel(), return_index=True)
-            todo = missing[np.sort(first)]
+            todo = _unique_by_digest(missing, digests)  # identical bytes under two names: embed once
             ns.describe({**self.identity, **view_identity(self.spec, view, self.augment)})
             try:
                 return self._embed_into(ns, paths, digests, todo, view)

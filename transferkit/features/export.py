@@ -8,16 +8,34 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from transferkit.data.scan import scan_dataset
 from transferkit.models.runtime import pick_device
 from transferkit.errors import ConfigError
 from transferkit.export.deploy import resolve_engine
-from transferkit.features.cache import FeatureCache
+from transferkit.features.cache import FeatureCache, Part
 from transferkit.fileio import atomic_write
 from transferkit.models.backbones import build_backbone, resolve_spec
 
 __all__ = ["embed_folder"]
+
+
+def _torchrun_part() -> tuple[Part | None, bool]:
+    """(this process's share when launched by torchrun (WORLD_SIZE > 1) else None, whether we started the group).
+
+    Only a barrier is exchanged (the rows travel through the cache folder), so a gloo group serves
+    CPU and GPU jobs alike. Across nodes, ``--cache-dir`` must be a folder every node shares.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None, False
+    import torch.distributed as dist
+
+    started = not dist.is_initialized()
+    if started:
+        dist.init_process_group(backend="gloo")
+    return Part(dist.get_rank(), dist.get_world_size(), dist.barrier), started
 
 
 def embed_folder(
@@ -48,6 +66,10 @@ def embed_folder(
         engine: ``auto`` (ONNX Runtime on the CPU when installed, PyTorch on a GPU), ``torch`` or ``onnx``;
             part of the cache key (the engines' features differ by ~1e-6).
 
+    Under ``torchrun --nproc_per_node K -m transferkit.cli embed DATA`` the files still missing from the
+    cache are split between the K processes (on every node: ``--nnodes`` with a shared ``--cache-dir``);
+    each writes its part of the cache, then all read every row and rank 0 writes ``out``.
+
     Returns:
         ``embeddings`` (n, dim), ``labels`` (n,), ``paths`` (n,), ``splits`` (n,), ``classes``,
         ``skipped_paths`` / ``skipped_reasons`` (files not embedded), ``meta`` (JSON text: backbone,
@@ -60,13 +82,19 @@ def embed_folder(
     samples = [(name, s) for name in names for s in scans[name].samples]
     skipped = [item for name in names for item in scans[name].skipped]
     spec = resolve_spec(backbone, weights).with_input_size(input_size)
+    part, started_group = _torchrun_part()
     dev = pick_device(device)
+    if part is not None and dev.type == "cuda":  # one GPU per process of the node
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     chosen = resolve_engine(engine, dev)
     # built only if something is missing from the cache: a warm run never constructs the network
     fc = FeatureCache(lambda: build_backbone(spec, pretrained=True, weights=weights).to(dev), spec, weights=weights,
                       cache_dir=cache_dir, enabled=cache, device=dev, batch_size=batch_size, workers=workers, say=say,
                       engine=chosen)
-    rows = fc.lookup([s.path for _, s in samples])
+    if part is not None and not cache:
+        raise ConfigError("under torchrun the ranks exchange embeddings through the cache; drop --no-cache "
+                          "(or point --cache-dir at a folder every node can read and write)")
+    rows = fc.lookup([s.path for _, s in samples], part=part)
     skipped += [(samples[i][1].path, reason) for i, reason in sorted(rows.failed.items())]
     keep = rows.positions
     result = {
@@ -79,7 +107,11 @@ def embed_folder(
         "skipped_reasons": np.array([r for _, r in skipped], dtype=str),
         "meta": np.array(json.dumps({**fc.identity, "root": os.fspath(data)})),
     }
-    if out is not None:
+    if started_group:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    if out is not None and (part is None or part.rank == 0):  # one writer per job
         target = Path(out)
         if target.suffix != ".npz":
             raise ConfigError(f"--out {target} must end in .npz")

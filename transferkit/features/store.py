@@ -245,10 +245,14 @@ class Namespace:
             write_json(self.path / "meta.json", meta)
 
     @contextlib.contextmanager
-    def locked(self, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    def locked(self, on_wait: Callable[[], None] | None = None, shared: bool = False) -> Iterator[None]:
         """Exclusive lock for writers; released when the block ends or the process dies.
 
         ``on_wait`` is called once if another process holds the lock (so a run can say why it pauses).
+        ``shared``: the ranks of one torchrun job fill disjoint parts side by side under a shared lock;
+        a run outside the job waits for all of them (and never the other way round). Orphaned ``.tmp-``
+        folders are removed only under the exclusive lock, since under a shared one they belong to
+        the other ranks.
         """
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -258,14 +262,15 @@ class Namespace:
                 f"cannot use the embedding cache at {self.root} ({exc.strerror or exc}); "
                 "choose a writable folder with --cache-dir (or TRANSFERKIT_CACHE_DIR), or pass --no-cache"
             ) from None
+        mode = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) if fcntl is not None else 0
         with handle:
             if fcntl is not None:
                 try:
-                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(handle.fileno(), mode | fcntl.LOCK_NB)
                 except BlockingIOError:
                     if on_wait is not None:
                         on_wait()
-                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+                    fcntl.flock(handle.fileno(), mode)
             try:
                 yield
             finally:
