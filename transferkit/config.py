@@ -154,6 +154,9 @@ class EngineCfg:
         "auto", "Post-hoc logit adjustment (Menon et al. 2021): none | tuned (subtract tau x log prior, tau chosen "
                 "on the selection split) | auto (tuned when imbalanced and neither class weights nor the "
                 "sampler balance).")
+    calibrate: str = _setting(
+        "temperature", "Post-hoc calibration of the probabilities: temperature (one temperature fitted by "
+                       "log-likelihood on the selection split, Guo et al. 2017; none under --select last) | none.")
     seed: int = _setting(0, "Random seed of the run (initialisation, augmentation, batch order).")
     device: str = _setting("auto", "auto | cpu | cuda | cuda:N")
     amp: bool = _setting(True, "bf16 autocast on CUDA (ignored on the CPU).", flag=None)
@@ -209,6 +212,7 @@ def _validate(cfg: RunCfg) -> None:
         (e.epochs >= 1, f"engine.epochs {e.epochs} must be at least 1"),
         (e.monitor in MONITORS, f"engine.monitor {e.monitor!r} must be one of {', '.join(MONITORS)}"),
         (e.logit_adjust in ("auto", "none", "tuned"), f"engine.logit_adjust {e.logit_adjust!r} must be auto, none or tuned"),
+        (e.calibrate in ("temperature", "none"), f"engine.calibrate {e.calibrate!r} must be temperature or none"),
         (o.class_weights in ("auto", "none", "balanced", "effective"),
          f"optim.class_weights {o.class_weights!r} must be auto, none, balanced or effective"),
         (cfg.data.sampler in ("none", "balanced"), f"data.sampler {cfg.data.sampler!r} must be none or balanced"),

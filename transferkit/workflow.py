@@ -163,8 +163,14 @@ def _infer(loaded: LoadedRun, samples: list[Sample], batch_size: int, engine: st
                             on_failed), "onnxruntime"
     loaded.model.to(device)
     dataset = ImageDataset(samples, eval_transform(loaded.spec), resize_size(loaded.spec))
+    temperature = loaded.temperature  # calibration: the ONNX graph applies it inside, PyTorch here
+
+    def forward(images: Any) -> Any:
+        return (loaded.model(images).float() / temperature).softmax(dim=1)
+
     with oom_guard(batch_size, what):
-        return predict_loader(loaded.model, make_loader(dataset, batch_size, False, 0), device, on_failed=on_failed), "torch"
+        return predict_loader(loaded.model, make_loader(dataset, batch_size, False, 0), device, on_failed=on_failed,
+                              forward=forward), "torch"
 
 
 def evaluate(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -26,13 +27,14 @@ from transferkit.engine.checkpoint import (
 )
 from transferkit.data.balance import class_weights, measure_balance, resolve_balancing
 from transferkit.engine.balancing import choose_tau, fold_into_head
+from transferkit.engine.calibration import fit_calibration, temperature_of, tempered, test_calibration
 from transferkit.engine.l2sp import L2SP
 from transferkit.engine.loop import StepContext, pick_device, predict_loader, train_one_epoch
 from transferkit.engine.oom import oom_guard
 from transferkit.engine.progress import Reporter
 from transferkit.engine.summary import run_summary
 from transferkit.errors import ConfigError, TransferKitError
-from transferkit.export.runfiles import save_model
+from transferkit.export.runfiles import MODEL_META, save_model
 from transferkit.features.headfit import CachedHead
 from transferkit.fileio import append_jsonl, write_json, write_text
 from transferkit.metrics.classification import detailed_metrics, summary_metrics
@@ -91,7 +93,7 @@ class _Mapped:
 
 # settings added after runs were written: a config.yaml without them resumes as it was trained
 _LEGACY = {"data": {"min_per_class": 1, "sampler": "none"}, "optim": {"class_weights": "none"},
-           "engine": {"logit_adjust": "none"}}
+           "engine": {"logit_adjust": "none", "calibrate": "none"}}
 
 
 def _legacy_defaults(raw: dict[str, Any]) -> dict[str, Any]:
@@ -476,12 +478,23 @@ class Trainer:
             fold_into_head(self.model.head, np.asarray(applied["prior"]), -float(applied["tau"]))
         cached = self._uses_cache(self.state.epoch - 1)  # the backbone was never trained: embeddings still hold
         adjustment = self._adjust_logits(cached) if self.balancing.logit_adjust == "tuned" else None
-        # the test split is evaluated here, once, with the model already chosen; nothing below chooses
-        test = self._evaluate(self.data.test, cached)
-        details = detailed_metrics(test["labels"], test["probs"], self.data.classes)
         selection = self._evaluate(self.data.selection, cached) if self.data.selection else None
+        calibration = fit_calibration(self.cfg.engine.calibrate, selection)  # the selection split's labels only
+        temperature = temperature_of(calibration)
+        if self.dist.main:  # model.json records it (1: none): predict, export and serve apply it
+            self._record_in_head(temperature=temperature)
+        # the test split is evaluated here, once, with the model already chosen; nothing below chooses
+        raw = self._evaluate(self.data.test, cached)
+        test = tempered(raw, temperature)
+        details = detailed_metrics(test["labels"], test["probs"], self.data.classes)
+        if temperature != 1.0:
+            calibration["test"] = test_calibration(test["labels"], raw["probs"], test["probs"], len(self.data.classes))
+            details["calibration_before"] = {"ece": calibration["test"]["ece_before"], "bins": calibration["test"].pop("bins_before")}
+            if selection is not None:  # its files hold what the model answers: calibrated probabilities
+                selection = tempered(selection, temperature)
         summary = run_summary(self, details, selection["metrics"] if selection else None, adjustment,
                               {"trainable": trainable, "total": total}, time.perf_counter() - started, interrupted)
+        summary["calibration"] = calibration
         if not self.dist.main:  # every rank evaluated (a collective); rank 0 alone writes
             return RunResult(self.run_dir, summary)
         write_json(self.run_dir / "test_metrics.json", details)
@@ -513,6 +526,11 @@ class Trainer:
         record["prior"] = [round(float(p), 6) for p in prior]
         self.reporter.say(f"logit adjustment: tau {record['tau']:g} ({record['chosen_on']})")
         return record
+
+    def _record_in_head(self, **values: Any) -> None:
+        """Add ``values`` to the head description in model.json (keeping what is there, e.g. a logit adjustment)."""
+        head = json.loads((self.run_dir / MODEL_META).read_text(encoding="utf-8"))["head"]
+        save_model(self.run_dir, self.model, self.data.classes, {**head, **values})
 
     def _write_predictions(self, split: str, samples, result: dict[str, Any]) -> None:
         """Per-image probabilities of the final model (the report's galleries and calibration use them)."""

@@ -67,7 +67,7 @@ def split_samples(run_dir: str | os.PathLike[str], split: str) -> tuple[list[Sam
     return samples, gone
 
 
-def run_metadata(run: LoadedRun, temperature: float = 1.0) -> dict[str, Any]:
+def run_metadata(run: LoadedRun) -> dict[str, Any]:
     """What a client of the exported model needs: classes, input, preprocessing and the run's figures."""
     summary: dict[str, Any] = {}
     try:
@@ -81,7 +81,7 @@ def run_metadata(run: LoadedRun, temperature: float = 1.0) -> dict[str, Any]:
         "input_size": run.spec.input_size,
         "input": {"name": "images", "dtype": "uint8", "layout": "NHWC", "channels": "RGB"},
         "outputs": {"logits": "raw class scores", "probs": "softmax of logits / temperature"},
-        "temperature": float(temperature),
+        "temperature": run.temperature,
         "resize": resize_policy(run.spec),
         "mean": list(run.spec.mean),
         "std": list(run.spec.std),
@@ -96,10 +96,13 @@ def run_metadata(run: LoadedRun, temperature: float = 1.0) -> dict[str, Any]:
     }
 
 
-def classifier_wrapper(run: LoadedRun, temperature: float = 1.0) -> Preprocessed:
-    """A CPU fp32 copy of the run's model behind its preprocessing (the run's own model is left as it is)."""
+def classifier_wrapper(run: LoadedRun) -> Preprocessed:
+    """A CPU fp32 copy of the run's model behind its preprocessing (the run's own model is left as it is).
+
+    Its ``probs`` are at the run's calibration temperature, as ``predict`` answers; ``logits`` stay raw.
+    """
     net = copy.deepcopy(run.model).to("cpu").float().eval()
-    return Preprocessed(net, run.spec.mean, run.spec.std, ("logits", "probs"), temperature=temperature).eval()
+    return Preprocessed(net, run.spec.mean, run.spec.std, ("logits", "probs"), temperature=run.temperature).eval()
 
 
 @dataclass
@@ -320,7 +323,7 @@ def run_engine(run: LoadedRun, threads: int | None = None) -> OnnxModel:
     """
     require_onnx("--engine onnx")
     meta = run_metadata(run)
-    name = f"model-{meta['weights_sha256'][:16]}-torch{torch.__version__.split('+')[0]}.onnx"
+    name = f"model-{meta['weights_sha256'][:16]}-t{run.temperature:.6g}-torch{torch.__version__.split('+')[0]}.onnx"
     for folder in (run.path / ENGINE_DIR, Path(tempfile.gettempdir()) / "transferkit-onnx"):
         path = folder / name
         if path.is_file():

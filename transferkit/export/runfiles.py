@@ -31,6 +31,11 @@ class LoadedRun:
     spec: BackboneSpec
     meta: dict[str, Any]
 
+    @property
+    def temperature(self) -> float:
+        """The calibration temperature fitted on the selection split (1.0: none); probabilities are softmax(logits / T)."""
+        return float(self.meta.get("head", {}).get("temperature", 1.0))
+
 
 def state_dict_cpu(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Contiguous CPU copies (safetensors needs them; shared storage is not allowed)."""

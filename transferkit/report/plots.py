@@ -164,8 +164,12 @@ def roc_curves(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]) ->
         return fig_to_uri(fig), aucs
 
 
-def reliability_diagram(calibration: Mapping[str, Any]) -> str | None:
-    """Accuracy vs confidence per confidence bin (bars), the diagonal of perfect calibration, and ECE."""
+def reliability_diagram(calibration: Mapping[str, Any], before: Mapping[str, Any] | None = None) -> str | None:
+    """Accuracy vs confidence per confidence bin (bars), the diagonal of perfect calibration, and ECE.
+
+    ``before``: the same test images before temperature scaling, drawn as a line of points (accuracy at each
+    bin's mean confidence) so both calibrations are read off one chart.
+    """
     bins = list(calibration.get("bins") or [])
     if not bins:
         return None
@@ -181,8 +185,14 @@ def reliability_diagram(calibration: Mapping[str, Any]) -> str | None:
         ax.bar(lo, conf - acc, bottom=acc, width=width, align="edge", facecolor="none", edgecolor=COLORS[1],
                hatch="///", linewidth=1.0, label="gap to mean confidence")
         ax.plot([0, 1], [0, 1], linestyle="--", color="#555555", linewidth=1, label="perfect calibration")
-        ax.set(title=f"Reliability diagram (ECE {float(calibration.get('ece', 0.0)):.3f})", ylabel="accuracy",
-               xlim=(0, 1), ylim=(0, 1.02))
+        title = f"Reliability diagram (ECE {float(calibration.get('ece', 0.0)):.3f})"
+        old_bins = [b for b in (before or {}).get("bins") or [] if b["count"]]
+        if old_bins:
+            ax.plot([b["confidence"] for b in old_bins], [b["accuracy"] for b in old_bins], marker="o", markersize=3,
+                    color=COLORS[2 % len(COLORS)], linewidth=1, label="before temperature scaling")
+            title = (f"Reliability: ECE {float(before.get('ece', 0.0)):.3f} before, "  # type: ignore[union-attr]
+                     f"{float(calibration.get('ece', 0.0)):.3f} after temperature scaling")
+        ax.set(title=title, ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02))
         ax.legend(loc="upper left")
         hist.bar(lo, count, width=width, align="edge", color="#888888", edgecolor="white")
         hist.set(xlabel="confidence (top-class probability)", ylabel="images")

@@ -146,10 +146,13 @@ def calibration_section(ev: Evidence) -> str:
     mean_conf = sum(b["confidence"] * b["count"] for b in bins) / n
     mean_acc = sum(b["accuracy"] * b["count"] for b in bins) / n
     direction = "over-confident" if mean_conf > mean_acc + 0.02 else "under-confident" if mean_conf < mean_acc - 0.02 else "well calibrated on average"
-    return img(plots.reliability_diagram(cal), "reliability diagram",
+    before = (ev.details or {}).get("calibration_before")
+    fitted = (" The bars are the probabilities after temperature scaling (one temperature fitted on the selection "
+              "split); the points are the same test images before it.") if before else ""
+    return img(plots.reliability_diagram(cal, before), "reliability diagram",
                "Each bar is the accuracy of the images whose top-class probability falls in that bin. A calibrated model "
                "sits on the diagonal; bars below it mean over-confidence, above it under-confidence. "
-               "ECE is the image-weighted mean gap.") + (
+               "ECE is the image-weighted mean gap." + fitted) + (
         f"<p>Mean confidence {mean_conf:.3f} vs accuracy {mean_acc:.3f}: the model is {direction}.</p>"
     )
 

@@ -12,6 +12,7 @@ from safetensors.numpy import load_file
 
 import transferkit as tk
 import transferkit.data.datasets as datasets
+import transferkit.engine.calibration as calibration
 from transferkit.engine.trainer import Trainer
 
 from conftest import make_image_folder
@@ -39,7 +40,8 @@ def _weights(run: Path) -> dict[str, bytes]:
     return {name: array.tobytes() for name, array in load_file(str(run / "model.safetensors")).items()}
 
 
-def test_relabelling_the_test_split_changes_no_choice_and_no_weight(three_splits: Path, tmp_path: Path):
+def test_relabelling_the_test_split_changes_no_choice_and_no_weight(three_splits: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(calibration, "MIN_SELECTION", 1)  # fit a temperature on the 8 val images as well
     first = tk.train(three_splits, out=str(tmp_path / "first"), **SETTINGS).summary
     swapped = tmp_path / "swapped"
     shutil.copytree(three_splits, swapped)
@@ -51,6 +53,10 @@ def test_relabelling_the_test_split_changes_no_choice_and_no_weight(three_splits
     assert first["selected_epoch"] == second["selected_epoch"]
     assert _epochs(tmp_path / "first") == _epochs(tmp_path / "second")  # every selection-split figure too
     assert first["selection_metrics"] == second["selection_metrics"]  # val/: the selection split
+    assert first["calibration"]["method"] == "temperature" and first["calibration"]["n"] == 8
+    assert first["calibration"]["temperature"] == second["calibration"]["temperature"]  # the test labels never reach it
+    heads = [json.loads((tmp_path / run / "model.json").read_text())["head"] for run in ("first", "second")]
+    assert heads[0]["temperature"] == heads[1]["temperature"] == first["calibration"]["temperature"]
     # the test labels did change, so the test figures must move (they are reported, never used)
     a, b = first["metrics"]["accuracy"], second["metrics"]["accuracy"]
     assert a == pytest.approx(1 - b)
