@@ -16,6 +16,9 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import torch
+from torchvision.transforms import v2 as T
+
 from transferkit.config import FLAT_KEYS, RunCfg, apply_overrides, config_from_dict, flat_overrides, load_config
 from transferkit.data.datasets import ImageDataset, cpu_plan, make_loader
 from transferkit.data.scan import (
@@ -27,11 +30,11 @@ from transferkit.data.scan import (
     scan_dataset,
     validate,
 )
-from transferkit.data.transforms import eval_transform, resize_size
+from transferkit.data.transforms import TTA_MODES, TTA_VIEWS, eval_transform, resize_size, tta_views
 from transferkit.models.runtime import pick_device, predict_loader, prediction_rows, top_k_row
 from transferkit.engine.oom import oom_guard
 from transferkit.engine.trainer import RunResult, Trainer
-from transferkit.errors import DataError
+from transferkit.errors import ConfigError, DataError
 from transferkit.export.deploy import onnx_predict, resolve_engine, run_engine
 from transferkit.export.runfiles import LoadedRun, load_run
 from transferkit.fileio import write_json
@@ -153,20 +156,35 @@ def _labelled_samples(run: LoadedRun, data: str | os.PathLike) -> tuple[list[Sam
 
 
 def _infer(loaded: LoadedRun, samples: list[Sample], batch_size: int, engine: str, what: str,
-           on_failed: Any) -> tuple[dict[str, Any], str]:
-    """Softmax probabilities of ``samples`` (``predict_loader``'s result) with the chosen engine, and its name."""
+           on_failed: Any, tta: str = "none") -> tuple[dict[str, Any], str]:
+    """Softmax probabilities of ``samples`` (``predict_loader``'s result) with the chosen engine, and its name.
+
+    ``tta``: average the probabilities over test-time views (:func:`transferkit.data.transforms.tta_views`).
+    """
+    if tta not in TTA_MODES:
+        raise ConfigError(f"--tta {tta!r} is not one of {', '.join(TTA_MODES)}")
     device = pick_device()
     chosen = resolve_engine(engine, device)
     if chosen == "onnx":
         plan = cpu_plan()
         return onnx_predict(run_engine(loaded, threads=plan.threads), samples, loaded.spec, batch_size, plan.workers,
-                            on_failed), "onnxruntime"
+                            on_failed, tta=tta), "onnxruntime"
     loaded.model.to(device)
-    dataset = ImageDataset(samples, eval_transform(loaded.spec), resize_size(loaded.spec))
     temperature = loaded.temperature  # calibration: the ONNX graph applies it inside, PyTorch here
+    if tta == "none":
+        dataset = ImageDataset(samples, eval_transform(loaded.spec), resize_size(loaded.spec))
 
-    def forward(images: Any) -> Any:
-        return (loaded.model(images).float() / temperature).softmax(dim=1)
+        def forward(images: Any) -> Any:
+            return (loaded.model(images).float() / temperature).softmax(dim=1)
+    else:  # uint8 views [B, V, 3, H, W], normalised here by the eval transform's own ops
+        dataset = ImageDataset(samples, tta_views(loaded.spec, tta), resize_size(loaded.spec))
+        batch_size = max(1, batch_size // TTA_VIEWS[tta])
+        normalise = T.Compose([T.ToDtype(torch.float32, scale=True), T.Normalize(loaded.spec.mean, loaded.spec.std)])
+
+        def forward(images: Any) -> Any:
+            b, v = images.shape[:2]
+            probs = (loaded.model(normalise(images.flatten(0, 1))).float() / temperature).softmax(dim=1)
+            return probs.view(b, v, -1).mean(dim=1)
 
     with oom_guard(batch_size, what):
         return predict_loader(loaded.model, make_loader(dataset, batch_size, False, 0), device, on_failed=on_failed,
@@ -175,7 +193,7 @@ def _infer(loaded: LoadedRun, samples: list[Sample], batch_size: int, engine: st
 
 def evaluate(
     run: str | os.PathLike | LoadedRun, data: str | os.PathLike, out: str | os.PathLike | None = None, batch_size: int = 64,
-    engine: str = "auto",
+    engine: str = "auto", tta: str = "none",
 ) -> dict[str, Any]:
     """Metrics of a trained run on a labelled folder (whole folder, or its test/ else val/ split).
 
@@ -191,13 +209,14 @@ def evaluate(
     samples, skipped = _labelled_samples(loaded, data)
     failed: list[tuple[str, str]] = []
     result, used = _infer(loaded, samples, batch_size, engine, "evaluation",
-                          lambda items: failed.extend((samples[i].path, r) for i, r in items))
+                          lambda items: failed.extend((samples[i].path, r) for i, r in items), tta)
     if len(result["labels"]) == 0:  # every file became unreadable after the scan checked it
         example = f" (e.g. {failed[0][0]!r}: {failed[0][1]})" if failed else ""
         raise DataError(f"{data}: none of the images could be read{example}; check the files")
     report = detailed_metrics(result["labels"], result["outputs"], loaded.classes)
     report["data"] = str(data)
     report["engine"] = used
+    report["tta"] = tta
     report["skipped_files"] = [{"path": p, "reason": r} for p, r in skipped + failed]
     target = Path(out) if out else loaded.path
     write_json(target / "evaluation.json", report)
@@ -210,11 +229,12 @@ def evaluate(
 
 def predict(
     run: str | os.PathLike | LoadedRun, paths: Sequence[str | os.PathLike], top_k: int = 1, batch_size: int = 64,
-    engine: str = "auto",
+    engine: str = "auto", tta: str = "none",
 ) -> list[dict[str, Any]]:
     """Top-k predictions for files and folders. A bad file gets a row with ``error``; the rest still predict.
 
     ``engine``: ``auto`` (ONNX Runtime on the CPU when installed, PyTorch on a GPU), ``torch`` or ``onnx``.
+    ``tta``: ``none``, ``flip`` (2 views) or ``flip-crops`` (10 views); the views' probabilities are averaged.
     """
     loaded = run if isinstance(run, LoadedRun) else load_run(run)
     files = list_image_files(paths)
@@ -232,7 +252,7 @@ def predict(
         for j, reason in items:
             rows[keep[j]] = {"path": files[keep[j]], "error": reason}
 
-    result, _ = _infer(loaded, subset, batch_size, engine, "prediction", on_failed)
+    result, _ = _infer(loaded, subset, batch_size, engine, "prediction", on_failed, tta)
     for j, row in zip(result["indices"], prediction_rows([s.path for s in subset], result["indices"],
                                                           result["labels"], result["outputs"])):
         rows[keep[int(j)]] = top_k_row(row, loaded.classes, k)

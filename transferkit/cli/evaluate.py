@@ -18,13 +18,15 @@ def evaluate(
     out: Optional[Path] = typer.Option(None, help="Where to write evaluation.json (default: the run folder)."),
     engine: str = typer.Option("auto", help="auto | torch | onnx. auto: ONNX Runtime on the CPU when installed "
                                             "(about 2x faster), PyTorch on a GPU."),
+    tta: str = typer.Option("none", help="Test-time augmentation: none | flip (2 views) | flip-crops (ten crops: "
+                                         "centre, corners and mirrors; 10x the compute). Probabilities are averaged."),
 ) -> None:
     """Metrics, per-class precision/recall/F1 and confusion matrix of a run on labelled data."""
 
     def go() -> dict[str, Any]:
         import transferkit.api as api
 
-        return api.evaluate(run, data, out=out, engine=engine)
+        return api.evaluate(run, data, out=out, engine=engine, tta=tta)
 
     report = guarded(go)
     from transferkit.data.balance import IMBALANCE_RATIO

@@ -22,13 +22,15 @@ def predict(
     format: str = typer.Option("csv", help="csv | json"),
     engine: str = typer.Option("auto", help="auto | torch | onnx. auto: ONNX Runtime on the CPU when installed "
                                             "(about 2x faster), PyTorch on a GPU."),
+    tta: str = typer.Option("none", help="Test-time augmentation: none | flip (2 views) | flip-crops (ten crops: "
+                                         "centre, corners and mirrors; 10x the compute). Probabilities are averaged."),
 ) -> None:
     """Predict classes for images; unreadable files get an error row."""
 
     def go() -> list[dict[str, Any]]:
         import transferkit.api as api
 
-        return api.predict(run, paths, top_k=top_k, engine=engine)
+        return api.predict(run, paths, top_k=top_k, engine=engine, tta=tta)
 
     rows = guarded(go)
     if format == "json":

@@ -31,6 +31,9 @@ __all__ = [
     "train_ops",
     "resize_size",
     "describe_transform",
+    "tta_views",
+    "TTA_MODES",
+    "TTA_VIEWS",
     "augment_seed",
     "image_seed",
     "image_rng",
@@ -80,6 +83,45 @@ def train_transform(spec: BackboneSpec, augment: str = "light") -> T.Compose:
     if augment == "none":
         return eval_transform(spec)
     return T.Compose(train_ops(spec, augment) + _to_tensor(spec))
+
+
+TTA_MODES = ("none", "flip", "flip-crops")
+TTA_VIEWS = {"none": 1, "flip": 2, "flip-crops": 10}  # views per image of each mode
+
+
+class _Views:
+    """PIL image -> uint8 ``[V, 3, H, W]``: the test-time views of :func:`tta_views` (picklable for workers)."""
+
+    def __init__(self, spec: BackboneSpec, mode: str) -> None:
+        interp = _INTERP.get(spec.interpolation, InterpolationMode.BILINEAR)
+        self.mode = mode
+        if mode == "flip-crops":  # the classic ten-crop: centre and four corners of the resized image, and their mirrors
+            self.geometry = T.Compose([T.Resize(resize_size(spec), interpolation=interp, antialias=True),
+                                       T.TenCrop(spec.input_size)])
+        else:
+            self.geometry = T.Compose(eval_ops(spec))
+        self.to_image = T.ToImage()
+
+    def __call__(self, image) -> torch.Tensor:
+        if self.mode == "flip-crops":
+            return torch.stack([self.to_image(crop) for crop in self.geometry(image)])
+        x = self.to_image(self.geometry(image))
+        return torch.stack([x, x.flip(-1)]) if self.mode == "flip" else x.unsqueeze(0)
+
+    def __repr__(self) -> str:
+        return f"TTAViews({self.mode}, {self.geometry!r})"
+
+
+def tta_views(spec: BackboneSpec, mode: str = "none") -> _Views:
+    """Test-time augmentation views as uint8 ``[V, 3, H, W]`` (normalise afterwards; the ONNX graph does it itself).
+
+    ``none``: the eval view (V=1); ``flip``: it and its mirror (V=2); ``flip-crops``: ten crops (V=10): the
+    centre and the four corners of the image resized to ``input_size / crop_pct``, each also mirrored.
+    Predictions average the views' probabilities.
+    """
+    if mode not in TTA_MODES:
+        raise ValueError(f"tta mode {mode!r} is not one of {', '.join(TTA_MODES)}")
+    return _Views(spec, mode)
 
 
 def describe_transform(spec: BackboneSpec) -> str:

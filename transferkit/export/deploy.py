@@ -113,9 +113,14 @@ class Uint8Batch:
     failed: list[tuple[int, str]]
 
 
-def uint8_batches(samples: Sequence[Sample], spec: Any, batch_size: int = 64, workers: int = -1) -> Iterator[Uint8Batch]:
-    """Decode ``samples`` into the graph's input (the evaluation geometry, uint8 NHWC) in loader workers."""
-    dataset = ImageDataset(list(samples), uint8_pipeline(spec), resize_size(spec))
+def uint8_batches(samples: Sequence[Sample], spec: Any, batch_size: int = 64, workers: int = -1,
+                  pipeline: Callable[[Any], torch.Tensor] | None = None) -> Iterator[Uint8Batch]:
+    """Decode ``samples`` into the graph's input (the evaluation geometry, uint8 NHWC) in loader workers.
+
+    ``pipeline``: PIL -> uint8 CHW (default :func:`uint8_pipeline`), or ``[V, 3, H, W]`` views per image
+    (:func:`transferkit.data.transforms.tta_views`), which come out as ``images[n, V, H, W, 3]``.
+    """
+    dataset = ImageDataset(list(samples), pipeline or uint8_pipeline(spec), resize_size(spec))
     n_workers = cpu_plan(workers).workers
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=n_workers, collate_fn=collate_skipping,
                         prefetch_factor=4 if n_workers else None)
@@ -124,7 +129,7 @@ def uint8_batches(samples: Sequence[Sample], spec: Any, batch_size: int = 64, wo
             yield Uint8Batch(np.zeros(0, np.int64), np.zeros((0, spec.input_size, spec.input_size, 3), np.uint8),
                              np.zeros(0, np.int64), batch["failed"])
             continue
-        images = batch["images"].permute(0, 2, 3, 1).contiguous().numpy()
+        images = batch["images"].movedim(-3, -1).contiguous().numpy()  # [.., 3, H, W] -> [.., H, W, 3]
         yield Uint8Batch(batch["indices"].numpy(), images, batch["labels"].numpy(), batch["failed"])
 
 
@@ -393,18 +398,29 @@ def resolve_engine(engine: str, device: Any) -> str:
 
 
 def onnx_predict(engine: OnnxModel, samples: Sequence[Sample], spec: Any, batch_size: int = 64, workers: int = -1,
-                 on_failed: Callable[[list[tuple[int, str]]], None] | None = None, output: str = "probs") -> dict[str, np.ndarray]:
+                 on_failed: Callable[[list[tuple[int, str]]], None] | None = None, output: str = "probs",
+                 tta: str = "none") -> dict[str, np.ndarray]:
     """``predict_loader``'s result (``outputs``, ``labels``, ``indices``) computed by ONNX Runtime.
 
-    Decoding runs in the CPU plan's loader workers while the session computes the previous batch.
+    Decoding runs in the CPU plan's loader workers while the session computes the previous batch. ``tta``:
+    the outputs are averaged over the test-time views of :func:`transferkit.data.transforms.tta_views`.
     """
+    from transferkit.data.transforms import TTA_VIEWS, tta_views
+
+    views = TTA_VIEWS[tta]
+    pipeline = tta_views(spec, tta) if tta != "none" else None
     outputs, labels, indices = [], [], []
-    for batch in uint8_batches(samples, spec, batch_size, workers):
+    for batch in uint8_batches(samples, spec, max(1, batch_size // views), workers, pipeline):
         if batch.failed and on_failed is not None:
             on_failed(batch.failed)
         if not len(batch.indices):
             continue
-        outputs.append(engine.run(batch.images)[output])
+        if pipeline is None:
+            outputs.append(engine.run(batch.images)[output])
+        else:  # [n, V, H, W, 3] -> one call on n x V images -> mean over each image's views
+            n = len(batch.images)
+            rows = engine.run(batch.images.reshape(n * views, *batch.images.shape[2:]))[output]
+            outputs.append(rows.reshape(n, views, -1).mean(axis=1))
         labels.append(batch.labels)
         indices.append(batch.indices)
     if not outputs:

@@ -161,3 +161,35 @@ def test_cli_export_prints_parity(run_dir: Path, tmp_path: Path) -> None:
     assert "max |logit diff|" in result.output and "top-1 agreement 1.000" in result.output
     bad = CliRunner().invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "m.x"), "--format", "keras"])
     assert bad.exit_code == 2 and "choose one of onnx, torchscript" in bad.output
+
+
+def test_tta_views_average_flips_and_crops_alike_on_both_engines(run_dir: Path) -> None:
+    from transferkit.data.transforms import tta_views
+
+    files = _test_images(run_dir)[:3]
+    run = load_run(run_dir)
+    image = load_rgb(files[0], draft_size=73)
+    flip, crops = tta_views(run.spec, "flip")(image), tta_views(run.spec, "flip-crops")(image)
+    assert flip.shape == (2, 3, 64, 64) and crops.shape == (10, 3, 64, 64)
+    assert torch.equal(flip[1], flip[0].flip(-1))  # the mirror of the eval view
+    single = tta_views(run.spec, "none")(image)[0]
+    assert torch.equal(single, flip[0]) and torch.equal(single, crops[4])  # TenCrop's 5th is the centre crop
+    # the second five are the same crops of the mirrored image: its corners mirror tr, tl, br, bl (its centre
+    # crop may sit one pixel off the mirrored centre when the margin is odd)
+    assert torch.equal(crops[5:9], crops[[1, 0, 3, 2]].flip(-1))
+    # the flip answer is the mean of the two views' probabilities, the same on both engines
+    reference = []
+    with torch.inference_mode():
+        for f in files:
+            views = tta_views(run.spec, "flip")(load_rgb(f, draft_size=73))
+            x = torch.stack([eval_transform(run.spec).transforms[-1](v.float() / 255) for v in views])
+            reference.append((run.model(x) / run.temperature).softmax(1).mean(0).numpy())
+    for engine in ("torch", "onnx"):
+        rows = tk.predict(run_dir, files, top_k=3, engine=engine, tta="flip")
+        got = [[p["probability"] for p in sorted(r["predictions"], key=lambda p: p["label"])] for r in rows]
+        np.testing.assert_allclose(got, np.array(reference), atol=1e-5)
+    crops_torch = tk.predict(run_dir, files, top_k=1, engine="torch", tta="flip-crops")
+    crops_onnx = tk.predict(run_dir, files, top_k=1, engine="onnx", tta="flip-crops")
+    assert [r["predictions"][0]["label"] for r in crops_torch] == [r["predictions"][0]["label"] for r in crops_onnx]
+    with pytest.raises(ConfigError, match="flip-crops"):
+        tk.predict(run_dir, files, tta="five-crops")
