@@ -356,15 +356,16 @@ def _smoke_parity(engine: OnnxModel, wrapper: Preprocessed, spec: Any) -> None:
                                "use --engine torch and report it")
 
 
-def backbone_engine(backbone: torch.nn.Module, spec: Any, path: Path, threads: int | None = None) -> OnnxModel:
+def backbone_engine(backbone: Callable[[], torch.nn.Module], spec: Any, path: Path, threads: int | None = None) -> OnnxModel:
     """ONNX Runtime on a backbone's pooled features (uint8 NHWC in), exported to ``path`` on first use.
 
-    The caller names ``path`` by everything the features depend on (the embedding cache's identity).
+    The caller names ``path`` by everything the features depend on (the embedding cache's identity), so an
+    existing graph is used as it is and ``backbone()`` (building the network) is called only to export one.
     """
     require_onnx("--engine onnx")
     if path.is_file():
         return OnnxModel(path, threads=threads)
-    wrapper = Preprocessed(copy.deepcopy(backbone).to("cpu").float().eval(), spec.mean, spec.std, ("features",)).eval()
+    wrapper = Preprocessed(copy.deepcopy(backbone()).to("cpu").float().eval(), spec.mean, spec.std, ("features",)).eval()
     wrapper.net.to(memory_format=torch.contiguous_format)
     meta = {"format": "transferkit-backbone", "format_version": 1, "backbone": spec.name, "arch": spec.arch,
             "input_size": spec.input_size, "feature_dim": spec.feature_dim, "resize": resize_policy(spec),

@@ -229,11 +229,12 @@ class FeatureCache:
 
     def _batches(self, paths: list[str], digests: np.ndarray, todo: np.ndarray, view: int | None):
         seeds = None if view is None else [view_seed(digests[i], view) for i in todo]
+        runner = self._onnx_runner() if self.engine == "onnx" else None
         return embed_images(
-            self.backbone, [paths[i] for i in todo], self._transform(view), draft_size=self.draft_size,
+            None if runner else self.backbone, [paths[i] for i in todo], self._transform(view), draft_size=self.draft_size,
             device=self.device, batch_size=self.batch_size, workers=self.workers, channels_last=self.channels_last,
             amp=self.amp, seeds=seeds, digests=digests[todo] if self.enabled else None,
-            runner=self._onnx_runner() if self.engine == "onnx" else None,
+            runner=runner,
         )
 
     def _onnx_runner(self) -> Callable[[torch.Tensor], np.ndarray]:
@@ -242,7 +243,9 @@ class FeatureCache:
         if self._onnx is None:
             from transferkit.export.deploy import backbone_engine
 
-            self._onnx = backbone_engine(self.backbone, self.spec, self.root / "onnx" / f"{namespace_key(self.identity)}.onnx",
+            # the network is built only if its graph must be exported (once per identity and cache folder)
+            self._onnx = backbone_engine(lambda: self.backbone, self.spec,
+                                         self.root / "onnx" / f"{namespace_key(self.identity)}.onnx",
                                          threads=forward_threads(default_embed_workers(self.workers)))
         model = self._onnx
         return lambda images: model.run(images.permute(0, 2, 3, 1).numpy())["features"]

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from transferkit.data.scan import scan_dataset
 from transferkit.models.runtime import pick_device
 from transferkit.errors import ConfigError
 from transferkit.export.deploy import resolve_engine
 from transferkit.features.cache import FeatureCache, Part
-from transferkit.fileio import atomic_write
+from transferkit.features.warm import assemble, check_request, folder_samples, memo_key, remember, write_npz
 from transferkit.models.backbones import build_backbone, resolve_spec
 
 __all__ = ["embed_folder"]
@@ -75,12 +72,8 @@ def embed_folder(
         ``skipped_paths`` / ``skipped_reasons`` (files not embedded), ``meta`` (JSON text: backbone,
         weights hash, transform). Only plain arrays: ``np.load(out)`` needs no pickle.
     """
-    if dtype not in ("float16", "float32"):
-        raise ConfigError(f"--dtype {dtype!r} must be float16 or float32")
-    scans = scan_dataset(data)
-    names = ["all"] if "all" in scans else [n for n in ("train", "val", "test") if n in scans]
-    samples = [(name, s) for name in names for s in scans[name].samples]
-    skipped = [item for name in names for item in scans[name].skipped]
+    check_request(out, dtype)
+    scans, names, samples, skipped = folder_samples(data)
     spec = resolve_spec(backbone, weights).with_input_size(input_size)
     part, started_group = _torchrun_part()
     dev = pick_device(device)
@@ -97,24 +90,13 @@ def embed_folder(
     rows = fc.lookup([s.path for _, s in samples], part=part)
     skipped += [(samples[i][1].path, reason) for i, reason in sorted(rows.failed.items())]
     keep = rows.positions
-    result = {
-        "embeddings": rows.read(np.arange(keep.size)).astype(dtype),
-        "labels": np.array([samples[i][1].label for i in keep], dtype=np.int64),
-        "paths": np.array([samples[i][1].path for i in keep], dtype=str),
-        "splits": np.array([samples[i][0] for i in keep], dtype=str),
-        "classes": np.array(scans[names[0]].classes, dtype=str),
-        "skipped_paths": np.array([p for p, _ in skipped], dtype=str),
-        "skipped_reasons": np.array([r for _, r in skipped], dtype=str),
-        "meta": np.array(json.dumps({**fc.identity, "root": os.fspath(data)})),
-    }
+    result = assemble(data, scans, names, samples, skipped, keep, rows.read(np.arange(keep.size)), fc.identity, dtype)
     if started_group:
         import torch.distributed as dist
 
         dist.destroy_process_group()
+    elif cache:  # a later warm run of the same request can skip torch, torchvision and timm (features.warm)
+        remember(fc.root, memo_key(backbone, weights, input_size, device, engine), fc.namespace().key, fc.identity)
     if out is not None and (part is None or part.rank == 0):  # one writer per job
-        target = Path(out)
-        if target.suffix != ".npz":
-            raise ConfigError(f"--out {target} must end in .npz")
-        with atomic_write(target) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **result)  # a file object: savez would otherwise append its own suffix
+        write_npz(result, out)
     return result

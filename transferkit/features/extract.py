@@ -102,7 +102,7 @@ def _normalise(images: torch.Tensor, mean: torch.Tensor | None, std: torch.Tenso
 
 
 def embed_images(
-    backbone: nn.Module,
+    backbone: nn.Module | None,
     paths: Sequence[str],
     transform: Callable,
     *,
@@ -121,7 +121,7 @@ def embed_images(
     """Yield the backbone's pooled features for ``paths`` batch by batch (the backbone runs in eval mode).
 
     Args:
-        backbone: returns (N, feature_dim) pooled features.
+        backbone: returns (N, feature_dim) pooled features (None when ``runner`` computes them).
         paths: image files; unreadable ones come back in ``EmbedBatch.failed``.
         transform: the per-image transform (eval, or a train transform for augmented views).
         seeds: one torch seed per file, set before its transform (augmented views).
@@ -145,8 +145,11 @@ def embed_images(
         # so a cold run (which embeds) and a warm run (which does not) would train with different dropout
         generator=torch.Generator().manual_seed(0),
     )
-    was_training = backbone.training
-    backbone.eval()
+    if backbone is None and runner is None:
+        raise ValueError("embed_images needs a backbone or a runner")
+    was_training = backbone is not None and backbone.training
+    if backbone is not None:
+        backbone.eval()
     if channels_last and runner is None:
         backbone.to(memory_format=torch.channels_last)
     net = None
@@ -168,4 +171,5 @@ def embed_images(
                     features = net(x)
                 yield EmbedBatch(batch["indices"].numpy(), features.float().cpu().numpy(), batch["failed"])
     finally:
-        backbone.train(was_training)
+        if backbone is not None:
+            backbone.train(was_training)

@@ -26,6 +26,7 @@ import torch
 import torchvision
 from torch import nn
 
+from transferkit.features.digests import DIGEST_BYTES, FORMAT, digest_files, file_digest
 from transferkit.data.transforms import describe_transform, eval_transform, resize_size, train_transform
 from transferkit.models.backbones import BackboneSpec
 
@@ -42,31 +43,6 @@ __all__ = [
     "namespace_key",
     "view_seed",
 ]
-
-FORMAT = 1  # bump when the meaning of a stored row changes (invalidates every namespace)
-DIGEST_BYTES = 32
-
-
-def file_digest(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> bytes:
-    """SHA-256 of a file's bytes (raises OSError when the file cannot be read)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(chunk_size):
-            digest.update(chunk)
-    return digest.digest()
-
-
-def digest_files(paths: Sequence[str]) -> tuple[np.ndarray, dict[int, str]]:
-    """(n x 32 uint8 digests, {index: reason} for files that could not be read; their rows are zero)."""
-    out = np.zeros((len(paths), DIGEST_BYTES), dtype=np.uint8)
-    errors: dict[int, str] = {}
-    for i, path in enumerate(paths):
-        try:
-            out[i] = np.frombuffer(file_digest(path), dtype=np.uint8)
-        except OSError as exc:
-            errors[i] = f"cannot read file ({exc.strerror or exc})"
-    return out, errors
-
 
 @lru_cache(maxsize=16)
 def _file_sha256_cached(path: str, size: int, mtime_ns: int) -> str:

@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from transferkit.errors import CheckpointError
-from transferkit.features.keys import DIGEST_BYTES, FORMAT
+from transferkit.features.digests import DIGEST_BYTES, FORMAT
 from transferkit.fileio import write_json
 
 try:  # POSIX only; see the module docstring for what happens without it
