@@ -189,9 +189,81 @@ def imbalance() -> str:
         "(`benchmarks/results/imbalance.md` has macro-F1, rare-class recall and the chosen tau).\n"
 
 
+def cpu_inference() -> str:
+    """End-to-end and compute-only images/s of PyTorch and ONNX Runtime on the same images, with the ratios."""
+    path = RESULTS / "cpu_inference.json"
+    if not path.exists():
+        return "(not yet measured: run `python benchmarks/cpu_inference.py`)\n"
+    d = _load("cpu_inference.json")
+    e2e, comp = d["end_to_end"], d["compute_only"]
+    lines = ["| end to end, whole process | images | seconds (median) | images/s |", "|---|---|---|---|"]
+    lines += [f"| {name} | {row['images']} | {row['seconds']:.1f} | {row['images_per_s']:.1f} |" for name, row in e2e["rows"].items()]
+    lines += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.2f}x |" for k, v in e2e["ratios"].items()]
+    lines += ["", f"| compute only ({comp['n']} decoded images, batch 32) | images/s |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in comp["images_per_s"].items()]
+    q = comp["int8_quality"]
+    return "\n".join(lines) + (
+        f"\n\nint8 on the hymenoptera test split (n={q['n']}): accuracy {q['accuracy_int8']:.3f} vs fp32 "
+        f"{q['accuracy_fp32']:.3f}. {d['repeats']} interleaved repeats, {d['cores']} cores, load average "
+        f"{d['load_before']:.2f} before / {d['load_after']:.2f} after. Command: `{d['command']}`.\n")
+
+
+def serve_load() -> str:
+    """The loopback load test of `transferkit serve`: throughput, latency, errors, memory."""
+    path = RESULTS / "serve_load.json"
+    if not path.exists():
+        return "(not yet measured: run `python benchmarks/serve_load.py`)\n"
+    d = _load("serve_load.json")
+    lat, mem, bat = d["latency_ms_good"], d["memory_mb"], d["batching"]
+    bad = sum(v["sent"] for v in d["bad_by_kind"].values()) if isinstance(d["bad_by_kind"], dict) else d["bad_requests"]
+    lines = ["| figure | value |", "|---|---|",
+             f"| requests (good / bad), concurrency | {d['requests']} ({d['good_requests']} / {d['bad_requests']}), "
+             f"{d['settings'].get('concurrency', '?')} |",
+             f"| throughput | {d['throughput_images_per_s']:.1f} images/s |",
+             f"| latency of good requests | p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms |",
+             f"| server errors (5xx) / connection failures | {d['server_errors_5xx']} / {_count(d['connection_failures'])} |",
+             f"| bad requests answered with their 4xx | {'all' if d['checks'].get('every_bad_request_its_4xx') else 'NOT all'} of {bad} |",
+             f"| server memory (RSS) start -> end | {mem['start']:.0f} -> {mem['end']:.0f} MB |",
+             f"| ONNX Runtime calls / images | {bat['batches']} / {bat['images']} (mean batch {bat['mean_batch']:.1f}) |"]
+    m = d["machine"]
+    return "\n".join(lines) + (f"\n\n{m['cores']} cores, load average {m['load_before']:.2f} before / {m['load_after']:.2f} after "
+                               f"(the client ran on the same cores). Command: `{d['command']}`.\n")
+
+
+def _count(value: Any) -> int:
+    return len(value) if isinstance(value, (list, dict)) else int(value)
+
+
+def _wilson(k: int, n: int) -> str:
+    """k/n with its 95% Wilson score interval."""
+    if not n:
+        return "n/a"
+    z, p = 1.959964, k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / (1 + z * z / n)
+    return f"{p:.3f} [{max(0.0, centre - half):.3f}, {min(1.0, centre + half):.3f}]"
+
+
+def audit() -> str:
+    """Precision and recall of the audit's label-issue list on flowers with planted noise, and the leakage found."""
+    path = RESULTS / "audit_noise.json"
+    if not path.exists():
+        return "(not yet measured: run `python benchmarks/audit_noise.py`)\n"
+    d = _load("audit_noise.json")
+    moved, leak = d["moved"], d["leakage"]
+    lines = [f"| list | length | moved found | precision [95% CI] | recall of the {moved} moved [95% CI] |", "|---|---|---|---|---|"]
+    for row in d["labels"]["rows"]:
+        lines.append(f"| {row['list']} | {row['length']} | {row['moved_found']} | {_wilson(row['moved_found'], row['length'])} | "
+                     f"{_wilson(row['moved_found'], moved)} |")
+    return "\n".join(lines) + (
+        f"\n\nPlanted train-to-val copies reported as leakage: {leak['exact_reported_as_leakage']}/{leak['exact_planted']} "
+        f"exact, {leak['near_reported_as_leakage']}/{leak['near_planted']} re-encoded. Intervals: Wilson score. "
+        f"Command: `{d['command']}` (`benchmarks/results/audit_noise.md` counts flowers' own mislabelled photos too).\n")
+
+
 RENDERERS: dict[str, Callable[[], str]] = {f.__name__.replace("_", "-"): f for f in
                                            (accuracy, compare, adapt, speed, linear_probe, recommend, demo,
-                                                                   imbalance)}
+                                            imbalance, cpu_inference, serve_load, audit)}
 
 
 def render(text: str) -> str:
