@@ -193,3 +193,30 @@ def test_tta_views_average_flips_and_crops_alike_on_both_engines(run_dir: Path) 
     assert [r["predictions"][0]["label"] for r in crops_torch] == [r["predictions"][0]["label"] for r in crops_onnx]
     with pytest.raises(ConfigError, match="flip-crops"):
         tk.predict(run_dir, files, tta="five-crops")
+
+
+def test_calibrated_runs_answer_tempered_probabilities_everywhere(run_dir: Path, tmp_path: Path) -> None:
+    """A temperature in model.json reaches predict (both engines) and the exported graph's probs; logits stay raw."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("onnx"))
+    meta = json.loads((run / "model.json").read_text())
+    meta["head"]["temperature"] = 2.5
+    (run / "model.json").write_text(json.dumps(meta))
+    files = _test_images(run)[:4]
+    model = load_run(run)
+    with torch.inference_mode():
+        logits = model.model(torch.stack([eval_transform(model.spec)(load_rgb(f, draft_size=73)) for f in files]))
+    expected = (logits / 2.5).softmax(1).numpy()
+    for engine in ("torch", "onnx"):
+        rows = tk.predict(run, files, top_k=3, engine=engine)
+        got = [[p["probability"] for p in sorted(r["predictions"], key=lambda p: p["label"])] for r in rows]
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    deploy.export_run(run, "onnx", tmp_path / "m.onnx")
+    exported = OnnxModel(tmp_path / "m.onnx")
+    assert exported.metadata["temperature"] == 2.5
+    pixels = np.stack([preprocess_image(load_rgb(f, draft_size=73), model.spec) for f in files])
+    out = exported.run(pixels)
+    np.testing.assert_allclose(out["logits"], logits.numpy(), atol=1e-4)
+    np.testing.assert_allclose(out["probs"], expected, atol=1e-5)

@@ -50,3 +50,17 @@ def test_calibration_record_needs_enough_selection_images() -> None:
     assert few["method"] == "none" and few["temperature"] == 1.0 and "at least" in few["reason"]
     assert fit_calibration("temperature", None)["reason"].startswith("no selection split")
     assert fit_calibration("none", {"probs": softmax(z, axis=1), "labels": labels}) is None
+
+
+def test_train_records_the_calibration_and_can_skip_it(tmp_path) -> None:
+    import json
+
+    import transferkit as tk
+    from conftest import TINY, make_image_folder
+
+    data = make_image_folder(tmp_path / "data", {"a": 10, "b": 10})
+    run = tk.train(data, out=str(tmp_path / "run"), epochs=1, cache=False, **TINY)
+    assert run.summary["calibration"]["method"] == "none" and "at least 100" in run.summary["calibration"]["reason"]
+    off = tk.train(data, out=str(tmp_path / "off"), epochs=1, cache=False, calibrate="none", **TINY)
+    assert off.summary["calibration"] is None
+    assert json.loads((tmp_path / "off" / "model.json").read_text())["head"]["temperature"] == 1.0
