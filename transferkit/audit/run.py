@@ -180,7 +180,9 @@ def audit_folder(
     csv_path = Path(relabel_csv) if relabel_csv is not None else None
     _check_inputs(data_path, out_path, csv_path, near_threshold, folds, min_per_class)
     started = time.perf_counter()
-    emb = embed_folder(data_path, None, dtype="float32", say=say, **embed_settings)
+    # the PyTorch engine's rows, which `train --strategy feature-extraction` caches too: an audit before or
+    # after training embeds nothing twice (embed's default engine on the CPU, ONNX Runtime, keys its own rows)
+    emb = embed_folder(data_path, None, dtype="float32", say=say, **{"engine": "torch", **embed_settings})
     root = os.path.abspath(data_path)
     abs_paths = np.array([os.path.abspath(p) for p in emb["paths"]], dtype=str)
     rel = [os.path.relpath(p, root) for p in abs_paths]

@@ -172,7 +172,7 @@ def export_torchscript(wrapper: Preprocessed, input_size: int, out: str | Path, 
     with _quiet_export(), torch.no_grad():
         traced = torch.jit.trace(wrapper.eval(), (example,), check_trace=False)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(target) as tmp:
+    with atomic_write(target) as tmp, _quiet_export():  # torch.jit.save warns that TorchScript is deprecated
         torch.jit.save(traced, str(tmp), _extra_files={f"{META_KEY}.json": json.dumps(dict(metadata), sort_keys=True)})
     return target
 

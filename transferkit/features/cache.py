@@ -166,10 +166,18 @@ class FeatureCache:
         index = ns.index()
         shard, _ = index.find(digests[readable])
         if part is not None and part.world > 1:
-            failed.update(self._fill(ns, paths, digests, part.share(_unique_by_digest(readable[shard < 0], digests)),
-                                     view, shared=True))
+            # shares of the full list, not of what each rank saw missing: ranks read the index at different
+            # moments (another writer may commit in between), and shares of different lists leave gaps.
+            # _fill skips, under the lock, whatever is already there.
+            failed.update(self._fill(ns, paths, digests, part.share(_unique_by_digest(readable, digests)), view,
+                                     shared=True))
             part.barrier()  # every rank's shards are committed before anyone reads
             index = ns.index()
+            shard, _ = index.find(digests[readable])
+            left = np.array([i for i in readable[shard < 0] if i not in failed], dtype=np.int64)
+            if left.size:  # a safety net (a share's file that another rank saw fail is failed for it too)
+                failed.update(self._fill(ns, paths, digests, left, view))
+                index = ns.index()
         elif (shard < 0).any():
             failed.update(self._fill(ns, paths, digests, readable[shard < 0], view))
             index = ns.index()

@@ -87,15 +87,17 @@ def embed_folder(
     if part is not None and not cache:
         raise ConfigError("under torchrun the ranks exchange embeddings through the cache; drop --no-cache "
                           "(or point --cache-dir at a folder every node can read and write)")
-    rows = fc.lookup([s.path for _, s in samples], part=part)
+    try:
+        rows = fc.lookup([s.path for _, s in samples], part=part)
+    finally:
+        if started_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
     skipped += [(samples[i][1].path, reason) for i, reason in sorted(rows.failed.items())]
     keep = rows.positions
     result = assemble(data, scans, names, samples, skipped, keep, rows.read(np.arange(keep.size)), fc.identity, dtype)
-    if started_group:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
-    elif cache:  # a later warm run of the same request can skip torch, torchvision and timm (features.warm)
+    if cache and part is None:  # a later warm run of the same request can skip torch, torchvision and timm (features.warm)
         remember(fc.root, memo_key(backbone, weights, input_size, device, engine), fc.namespace().key, fc.identity)
     if out is not None and (part is None or part.rank == 0):  # one writer per job
         write_npz(result, out)

@@ -40,7 +40,16 @@ MEMO_FILE = "identities.json"
 _PACKAGE = Path(__file__).resolve().parents[1]
 # the modules whose code decides a namespace or the features under it
 _CODE = ("spec.py", "data/transforms.py", "data/decode.py", "models/backbones.py", "models/pretrained.py",
-         "features/keys.py", "features/digests.py", "features/extract.py", "features/fuse.py", "export/onnx.py")
+         "models/runtime.py", "features/keys.py", "features/digests.py", "features/extract.py", "features/fuse.py",
+         "features/cache.py", "features/export.py", "export/onnx.py", "export/deploy.py")
+
+
+def _accelerators() -> dict[str, Any]:
+    """What ``device``/``engine`` ``auto`` may resolve to, read without importing torch: a GPU host (or a cache
+    shared with one) must not be answered from a CPU host's namespace, nor the other way round."""
+    return {"cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "nvidia_driver": os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0"),
+            "rocm": os.path.exists("/dev/kfd")}
 _LIBRARIES = ("torch", "torchvision", "timm", "onnxruntime", "onnx", "transferkit")
 
 
@@ -55,7 +64,8 @@ def memo_key(backbone: str, weights: str | None, input_size: int | None, device:
     """The cheap key of a request, or None when it has none (timm hub weights: only their bytes name them)."""
     if backbone.startswith("timm:") and not weights:
         return None
-    request: dict[str, Any] = {"backbone": backbone, "input_size": input_size, "device": device, "engine": engine}
+    request: dict[str, Any] = {"backbone": backbone, "input_size": input_size, "device": device, "engine": engine,
+                               "accelerators": _accelerators()}
     if weights:
         st = os.stat(weights)
         request["weights"] = [os.path.abspath(weights), st.st_size, st.st_mtime_ns]

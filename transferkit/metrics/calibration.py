@@ -1,7 +1,8 @@
 """Temperature scaling (Guo et al., "On Calibration of Modern Neural Networks", ICML 2017).
 
-One scalar ``T`` divides the logits before the softmax: the argmax, and so accuracy and every ranking
-metric, are unchanged; only the confidence moves. ``T`` is fitted by minimising the negative
+One scalar ``T`` divides the logits before the softmax: the argmax, and so accuracy, balanced accuracy and
+F1, are unchanged, as is a binary ROC AUC; only the confidence moves (a multiclass one-vs-rest ROC AUC can
+shift slightly, since it ranks each class's probability across images). ``T`` is fitted by minimising the negative
 log-likelihood on held-out data that chose nothing else it is reported on (transferkit fits it on the
 selection split and reports ECE/NLL before and after on the test split).
 

@@ -88,9 +88,12 @@ class _Predicted:
 
 
 def gradcam_maps(
-    model: nn.Module, spec: BackboneSpec, images: torch.Tensor, targets: Sequence[int | None] | None = None
+    model: nn.Module, spec: BackboneSpec, images: torch.Tensor, targets: Sequence[int | None] | None = None,
+    temperature: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Heat maps (N, H, W) in [0, 1] and class probabilities (N, C) for normalised ``images``.
+
+    The probabilities are softmax(logits / ``temperature``): the run's calibrated answer, as ``predict`` gives it.
 
     ``targets[i]`` is the class to explain for image i; None (or no ``targets``) explains the predicted
     class. One forward pass serves both the probabilities and the map.
@@ -110,7 +113,7 @@ def gradcam_maps(
             for i in range(0, len(images), BATCH):
                 chosen = [_Predicted() if t is None else ClassifierOutputTarget(int(t)) for t in wanted[i : i + BATCH]]
                 maps.append(cam(input_tensor=images[i : i + BATCH], targets=chosen))
-                probs.append(cam.outputs.detach().float().softmax(dim=1).cpu().numpy())
+                probs.append((cam.outputs.detach().float() / temperature).softmax(dim=1).cpu().numpy())
         finally:
             cam.activations_and_grads.release()
     if not maps:
@@ -134,7 +137,8 @@ def overlay(image: np.ndarray, cam: np.ndarray, image_weight: float = 0.55) -> n
 
 
 def explain_images(
-    model: nn.Module, spec: BackboneSpec, paths: Sequence[str | os.PathLike], targets: Sequence[int | None] | None = None
+    model: nn.Module, spec: BackboneSpec, paths: Sequence[str | os.PathLike], targets: Sequence[int | None] | None = None,
+    temperature: float = 1.0,
 ) -> list[Explanation]:
     """Grad-CAM for image files. ``targets[i]`` None (default) explains the predicted class.
 
@@ -153,7 +157,7 @@ def explain_images(
         return items
     device = next(model.parameters()).device
     wanted = [targets[i] if targets is not None else None for i in good]
-    maps, probs = gradcam_maps(model, spec, torch.stack(tensors).to(device), wanted)
+    maps, probs = gradcam_maps(model, spec, torch.stack(tensors).to(device), wanted, temperature)
     chosen = [int(probs[j].argmax()) if t is None else int(t) for j, t in enumerate(wanted)]
     for j, i in enumerate(good):
         picture = to_display(tensors[j], spec)
@@ -203,7 +207,7 @@ def explain_run(run: Any, images: Sequence[str | os.PathLike], out_dir: str | Pa
     if not files:
         raise DataError(f"no image files found in {', '.join(map(str, images))}; pass image files or folders of images")
     wanted = None if target is None else [loaded.classes.index(target)] * len(files)
-    items = explain_images(loaded.model, loaded.spec, files, wanted)
+    items = explain_images(loaded.model, loaded.spec, files, wanted, loaded.temperature)
     for item in items:
         if item.error:
             log.warning("skipped %s: %s", item.path, item.error)
