@@ -261,9 +261,42 @@ def audit() -> str:
         f"Command: `{d['command']}` (`benchmarks/results/audit_noise.md` counts flowers' own mislabelled photos too).\n")
 
 
+def calibration_tta() -> str:
+    """Temperature scaling (test ECE/NLL before and after) and test-time augmentation (paired accuracy difference)."""
+    path = RESULTS / "calibration_tta.json"
+    if not path.exists():
+        return "(not yet measured: run `python benchmarks/calibration_tta.py`)\n"
+    d = _load("calibration_tta.json")
+    lines = ["| run (n selection / n test) | temperature | test ECE before -> after | test NLL before -> after |", "|---|---|---|---|"]
+    for name, c in d["calibration"].items():
+        t = c["test"]
+        if c["method"] != "temperature":
+            lines.append(f"| {name} ({c['n_selection']} / {c['n_test']}) | not fitted ({c['n_selection']} < 100 selection images) | "
+                         f"{t['ece_before']:.3f} | {t['nll_before']:.3f} |")
+            continue
+        lines.append(f"| {name} ({c['n_selection']} / {c['n_test']}) | {c['temperature']:.3f} | {t['ece_before']:.3f} -> "
+                     f"{t['ece_after']:.3f} | {t['nll_before']:.3f} -> {t['nll_after']:.3f} |")
+    lines += ["", "| run (n test) | accuracy, no TTA [95% CI] | flip - none [95% CI] | flip-crops - none [95% CI] | time, flip-crops / none |",
+              "|---|---|---|---|---|"]
+    for name, r in d["tta"].items():
+        none = r["modes"]["none"]
+        cells = []
+        for pair in ("flip - none", "flip-crops - none"):
+            a = r["paired"][pair]["accuracy"]
+            cells.append(f"{a['difference']:+.3f} [{a['ci95'][0]:+.3f}, {a['ci95'][1]:+.3f}] {IMBALANCE_MARK.get(a['verdict'], a['verdict'])}")
+        ratio = r["modes"]["flip-crops"]["wall_s"] / none["wall_s"]
+        lines.append(f"| {name} ({r['n_test']}) | {none['accuracy']:.3f} [{none['accuracy_ci95'][0]:.3f}, {none['accuracy_ci95'][1]:.3f}] | "
+                     f"{cells[0]} | {cells[1]} | {ratio:.1f}x |")
+    return "\n".join(lines) + (
+        "\n\nOne run each (seed 0), on each run's own test split; ECE with 15 bins; accuracy differences are paired over the "
+        "same test images (≈: no clear difference). Load average "
+        f"{d['load_avg_1min_before']:.2f} before / {d['load_avg_1min_after']:.2f} after. Command: `{d['command']}` "
+        "(`benchmarks/results/calibration_tta.md` has balanced accuracy, NLL and ECE per TTA mode).\n")
+
+
 RENDERERS: dict[str, Callable[[], str]] = {f.__name__.replace("_", "-"): f for f in
                                            (accuracy, compare, adapt, speed, linear_probe, recommend, demo,
-                                            imbalance, cpu_inference, serve_load, audit)}
+                                            imbalance, cpu_inference, serve_load, audit, calibration_tta)}
 
 
 def render(text: str) -> str:
