@@ -70,12 +70,13 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def test_predict_and_evaluate_oom_through_api_and_cli(tiny_run: tuple[Path, Path], monkeypatch) -> None:
     run, data = tiny_run
+    # the PyTorch engine (what --engine auto picks on a GPU, where memory runs out)
     monkeypatch.setattr(workflow, "predict_loader", _raise(torch.cuda.OutOfMemoryError(CUDA_OOM)))
     with pytest.raises(OutOfMemory, match="prediction with batch size 64; try --batch-size 32"):
-        tk.predict(run, [data])
+        tk.predict(run, [data], engine="torch")
     with pytest.raises(OutOfMemory, match="evaluation with batch size 16; try --batch-size 8"):
-        tk.evaluate(run, data, batch_size=16)
-    result = CliRunner().invoke(app, ["predict", str(run), str(data)])
+        tk.evaluate(run, data, batch_size=16, engine="torch")
+    result = CliRunner().invoke(app, ["predict", str(run), str(data), "--engine", "torch"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert result.stderr.strip().startswith("error: out of GPU memory") and len(result.stderr.strip().splitlines()) == 1
 

@@ -32,7 +32,7 @@ from transferkit._version import __version__
 from transferkit.data.decode import ImageDecodeError, load_rgb_bytes
 from transferkit.data.transforms import resize_size
 from transferkit.export.onnx import OnnxModel, preprocess_image
-from transferkit.models.runtime import top_k_row
+from transferkit.models.runtime import prediction_rows, top_k_row
 from transferkit.serve.batching import MicroBatcher, QueueFull
 from transferkit.serve.inputs import BodyLimit, RequestError, Upload, image_error, parse_top_k, read_uploads
 from transferkit.serve.page import PAGE
@@ -134,7 +134,8 @@ def create_app(
         except QueueFull as exc:
             raise RequestError(503, f"the server is busy ({exc}); retry in a moment, or start it with more --workers") from None
         for i, row in zip(ready, probs):
-            row_of_predict = top_k_row({"path": uploads[i].name, "probs": [round(float(p), 6) for p in row]}, classes, k)
+            # the one row builder of predict/evaluate (probabilities rounded the same way), then predict's top-k
+            row_of_predict = top_k_row(prediction_rows([uploads[i].name], [0], [-1], [row])[0], classes, k)
             results[i] = {"name": uploads[i].name, "predictions": row_of_predict["predictions"]}
         return JSONResponse({"results": results, "top_k": k})
 
