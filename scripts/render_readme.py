@@ -199,6 +199,11 @@ def cpu_inference() -> str:
     lines = ["| end to end, whole process | images | seconds (median) | images/s |", "|---|---|---|---|"]
     lines += [f"| {name} | {row['images']} | {row['seconds']:.1f} | {row['images_per_s']:.1f} |" for name, row in e2e["rows"].items()]
     lines += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.2f}x |" for k, v in e2e["ratios"].items()]
+    if "large_folder" in d:
+        big = d["large_folder"]
+        lines += ["", f"All of flowers ({big['images']} images, one pass each, embeddings cold): plain loop "
+                  f"{big['plain_images_per_s']:.1f} images/s, `embed --engine onnx` {big['embed_images_per_s']:.1f} images/s: "
+                  f"**{big['ratio']:.2f}x**."]
     lines += ["", f"| compute only ({comp['n']} decoded images, batch 32) | images/s |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in comp["images_per_s"].items()]
     q = comp["int8_quality"]

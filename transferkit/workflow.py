@@ -20,7 +20,7 @@ import torch
 from torchvision.transforms import v2 as T
 
 from transferkit.config import FLAT_KEYS, RunCfg, apply_overrides, config_from_dict, flat_overrides, load_config
-from transferkit.data.datasets import ImageDataset, cpu_plan, make_loader
+from transferkit.data.datasets import ImageDataset, make_loader
 from transferkit.data.scan import (
     Sample,
     ScanResult,
@@ -35,7 +35,7 @@ from transferkit.models.runtime import pick_device, predict_loader, prediction_r
 from transferkit.engine.oom import oom_guard
 from transferkit.engine.trainer import RunResult, Trainer
 from transferkit.errors import ConfigError, DataError
-from transferkit.export.deploy import onnx_predict, resolve_engine, run_engine
+from transferkit.export.deploy import onnx_cpu_plan, onnx_predict, resolve_engine, run_engine
 from transferkit.export.runfiles import LoadedRun, load_run
 from transferkit.fileio import write_json
 from transferkit.metrics.classification import detailed_metrics
@@ -166,7 +166,7 @@ def _infer(loaded: LoadedRun, samples: list[Sample], batch_size: int, engine: st
     device = pick_device()
     chosen = resolve_engine(engine, device)
     if chosen == "onnx":
-        plan = cpu_plan()
+        plan = onnx_cpu_plan()
         return onnx_predict(run_engine(loaded, threads=plan.threads), samples, loaded.spec, batch_size, plan.workers,
                             on_failed, tta=tta), "onnxruntime"
     loaded.model.to(device)

@@ -17,7 +17,7 @@ from torch import nn
 
 from transferkit.data.transforms import eval_transform, resize_size, train_transform
 from transferkit.errors import CheckpointError
-from transferkit.features.extract import default_embed_workers, embed_images, forward_threads
+from transferkit.features.extract import embed_images
 from transferkit.features.keys import (
     digest_files,
     engine_identity,
@@ -238,12 +238,18 @@ class FeatureCache:
     def _batches(self, paths: list[str], digests: np.ndarray, todo: np.ndarray, view: int | None):
         seeds = None if view is None else [view_seed(digests[i], view) for i in todo]
         runner = self._onnx_runner() if self.engine == "onnx" else None
+        workers = self._onnx_plan().workers if runner else self.workers
         return embed_images(
             None if runner else self.backbone, [paths[i] for i in todo], self._transform(view), draft_size=self.draft_size,
-            device=self.device, batch_size=self.batch_size, workers=self.workers, channels_last=self.channels_last,
+            device=self.device, batch_size=self.batch_size, workers=workers, channels_last=self.channels_last,
             amp=self.amp, seeds=seeds, digests=digests[todo] if self.enabled else None,
             runner=runner,
         )
+
+    def _onnx_plan(self) -> Any:
+        from transferkit.export.deploy import onnx_cpu_plan
+
+        return onnx_cpu_plan(self.workers)
 
     def _onnx_runner(self) -> Callable[[torch.Tensor], np.ndarray]:
         """ONNX Runtime on the backbone's graph (uint8 in, features out), exported once per identity into the cache
@@ -254,7 +260,7 @@ class FeatureCache:
             # the network is built only if its graph must be exported (once per identity and cache folder)
             self._onnx = backbone_engine(lambda: self.backbone, self.spec,
                                          self.root / "onnx" / f"{namespace_key(self.identity)}.onnx",
-                                         threads=forward_threads(default_embed_workers(self.workers)))
+                                         threads=self._onnx_plan().threads)
         model = self._onnx
         return lambda images: model.run(images.permute(0, 2, 3, 1).numpy())["features"]
 
