@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +101,23 @@ def probs_with_argmax(pred, k, rng):
     p = rng.random((len(pred), k))
     p[np.arange(len(pred)), pred] += 1.0
     return p / p.sum(axis=1, keepdims=True)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (torchrun's rendezvous, test servers)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_one_thread(cmd: list[str], cwd: Path) -> str:
+    """Run ``cmd`` as each torchrun rank runs (OMP_NUM_THREADS=1); fail with its output unless it succeeds."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result.stdout + result.stderr
+
+
+def torchrun(nproc: int = 2) -> list[str]:
+    """The torchrun launcher of this interpreter on a free port."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(free_port())]

@@ -9,10 +9,6 @@ differ by a measured amount; on CUDA ``engine.sync_bn=auto`` removes that differ
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +17,7 @@ from safetensors.torch import load_file
 
 from typer.testing import CliRunner
 
-from conftest import make_image_folder
+from conftest import make_image_folder, run_one_thread, torchrun
 from transferkit.cli import app
 from transferkit.data.datasets import torch_threads
 
@@ -31,16 +27,6 @@ COMMON = ["--epochs", "2", "--batch-size", "8", "--input-size", "32", "--lr", "3
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch build has no torch.distributed")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _run(cmd: list[str], cwd: Path) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
 
 
 def _one_and_two(tmp_path: Path, args: list[str]) -> tuple[Path, Path]:
@@ -51,7 +37,7 @@ def _one_and_two(tmp_path: Path, args: list[str]) -> tuple[Path, Path]:
     with torch_threads(1):
         result = CliRunner().invoke(app, ["train", str(data)] + args + COMMON + ["--out", str(one)])
     assert result.exit_code == 0, result.output[-4000:]
-    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+    run_one_thread([*torchrun(2),
           "-m", "transferkit.cli", "train", str(data)] + args + COMMON + ["--out", str(two)], tmp_path)
     return one, two
 
@@ -160,7 +146,7 @@ def test_balanced_sampler_and_class_weights_match_one_process(tmp_path: Path):
         with torch_threads(1):
             result = CliRunner().invoke(app, ["train", str(data)] + args + COMMON + ["--out", str(one)])
         assert result.exit_code == 0, result.output[-4000:]
-        _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+        run_one_thread([*torchrun(2),
               "-m", "transferkit.cli", "train", str(data)] + args + COMMON + ["--out", str(two)], tmp_path)
         runs[weights] = (one, two)
     _assert_same_run(*runs["none"])

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,25 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_image_folder
+from conftest import make_image_folder, run_one_thread, torchrun
 from transferkit.features.store import Namespace
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch build has no torch.distributed")
 
 ARGS = ["--input-size", "32", "--engine", "torch", "--workers", "0"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _run(cmd: list[str], cwd: Path) -> str:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    return result.stdout + result.stderr
 
 
 def _rows(cache: Path) -> dict[bytes, np.ndarray]:
@@ -47,10 +31,9 @@ def _rows(cache: Path) -> dict[bytes, np.ndarray]:
 def test_two_ranks_split_the_files_and_fill_the_same_cache(tmp_path: Path) -> None:
     data = make_image_folder(tmp_path / "data", {"a": 15, "b": 16}, size=48)
     one_cache, two_cache = tmp_path / "cache1", tmp_path / "cache2"
-    _run([sys.executable, "-m", "transferkit.cli", "embed", str(data), "--out", str(tmp_path / "one.npz"),
+    run_one_thread([sys.executable, "-m", "transferkit.cli", "embed", str(data), "--out", str(tmp_path / "one.npz"),
           "--cache-dir", str(one_cache), *ARGS], tmp_path)
-    log = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-                "-m", "transferkit.cli", "embed", str(data), "--out", str(tmp_path / "two.npz"),
+    log = run_one_thread([*torchrun(2), "-m", "transferkit.cli", "embed", str(data), "--out", str(tmp_path / "two.npz"),
                 "--cache-dir", str(two_cache), *ARGS], tmp_path)
     # each rank embedded its own half: 15 and 16 of the 31 files, each in its own shard
     assert sorted(int(line.split()[1]) for line in log.splitlines() if line.startswith("embedded ")) == [15, 16]
@@ -62,8 +45,7 @@ def test_two_ranks_split_the_files_and_fill_the_same_cache(tmp_path: Path) -> No
     assert (a["paths"] == b["paths"]).all() and (a["labels"] == b["labels"]).all()
     np.testing.assert_allclose(a["embeddings"].astype(np.float32), b["embeddings"].astype(np.float32), atol=1e-3)
     # a second job finds everything cached: no rank embeds anything
-    again = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-                  "-m", "transferkit.cli", "embed", str(data), "--out", str(tmp_path / "again.npz"),
+    again = run_one_thread([*torchrun(2), "-m", "transferkit.cli", "embed", str(data), "--out", str(tmp_path / "again.npz"),
                   "--cache-dir", str(two_cache), *ARGS], tmp_path)
     assert "embedding " not in again
 
