@@ -10,6 +10,7 @@ function of that name below from the result files alone; a block whose file is m
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import sys
@@ -24,6 +25,18 @@ BLOCK = re.compile(r"(<!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /re
 
 def _load(name: str) -> Any:
     return json.loads((RESULTS / name).read_text(encoding="utf-8"))
+
+
+def _from(name: str, script: str) -> Callable[[Callable[[Any], str]], Callable[[], str]]:
+    """A renderer of the result file ``name``; while it is missing the block says which script measures it."""
+    def wrap(render: Callable[[Any], str]) -> Callable[[], str]:
+        @functools.wraps(render)
+        def block() -> str:
+            if not (RESULTS / name).exists():
+                return f"(not yet measured: run `python {script}`)\n"
+            return render(_load(name))
+        return block
+    return wrap
 
 
 def _pm(mean: float | None, std: float | None) -> str:
@@ -163,12 +176,9 @@ def demo() -> str:
 IMBALANCE_MARK = {"better": "better", "worse": "worse", "no clear difference": "≈"}
 
 
-def imbalance() -> str:
+@_from("imbalance.json", "benchmarks/imbalance.py")
+def imbalance(d: Any) -> str:
     """Balanced accuracy per balancing method on the imbalanced subsets, with the paired verdict to no balancing."""
-    path = RESULTS / "imbalance.json"
-    if not path.exists():
-        return "(not yet measured: run `python benchmarks/imbalance.py`)\n"
-    d = _load("imbalance.json")
     rows = list(next(iter(next(iter(d["datasets"].values())).values()))["rows"])
     lines = ["| data, strategy (n test, seeds) | " + " | ".join(rows) + " |", "|---|" + "---|" * len(rows)]
     for name, per_strategy in d["datasets"].items():
@@ -189,12 +199,9 @@ def imbalance() -> str:
         "(`benchmarks/results/imbalance.md` has macro-F1, rare-class recall and the chosen tau).\n"
 
 
-def cpu_inference() -> str:
+@_from("cpu_inference.json", "benchmarks/cpu_inference.py")
+def cpu_inference(d: Any) -> str:
     """End-to-end and compute-only images/s of PyTorch and ONNX Runtime on the same images, with the ratios."""
-    path = RESULTS / "cpu_inference.json"
-    if not path.exists():
-        return "(not yet measured: run `python benchmarks/cpu_inference.py`)\n"
-    d = _load("cpu_inference.json")
     e2e, comp = d["end_to_end"], d["compute_only"]
     lines = ["| end to end, whole process | images | seconds (median) | images/s |", "|---|---|---|---|"]
     lines += [f"| {name} | {row['images']} | {row['seconds']:.1f} | {row['images_per_s']:.1f} |" for name, row in e2e["rows"].items()]
@@ -213,12 +220,9 @@ def cpu_inference() -> str:
         f"{d['load_before']:.2f} before / {d['load_after']:.2f} after. Command: `{d['command']}`.\n")
 
 
-def serve_load() -> str:
+@_from("serve_load.json", "benchmarks/serve_load.py")
+def serve_load(d: Any) -> str:
     """The loopback load test of `transferkit serve`: throughput, latency, errors, memory."""
-    path = RESULTS / "serve_load.json"
-    if not path.exists():
-        return "(not yet measured: run `python benchmarks/serve_load.py`)\n"
-    d = _load("serve_load.json")
     lat, mem, bat = d["latency_ms_good"], d["memory_mb"], d["batching"]
     bad = sum(v["sent"] for v in d["bad_by_kind"].values()) if isinstance(d["bad_by_kind"], dict) else d["bad_requests"]
     lines = ["| figure | value |", "|---|---|",
@@ -249,12 +253,9 @@ def _wilson(k: int, n: int) -> str:
     return f"{p:.3f} [{max(0.0, centre - half):.3f}, {min(1.0, centre + half):.3f}]"
 
 
-def audit() -> str:
+@_from("audit_noise.json", "benchmarks/audit_noise.py")
+def audit(d: Any) -> str:
     """Precision and recall of the audit's label-issue list on flowers with planted noise, and the leakage found."""
-    path = RESULTS / "audit_noise.json"
-    if not path.exists():
-        return "(not yet measured: run `python benchmarks/audit_noise.py`)\n"
-    d = _load("audit_noise.json")
     moved, leak = d["moved"], d["leakage"]
     lines = [f"| list | length | moved found | precision [95% CI] | recall of the {moved} moved [95% CI] |", "|---|---|---|---|---|"]
     for row in d["labels"]["rows"]:
@@ -266,12 +267,9 @@ def audit() -> str:
         f"Command: `{d['command']}` (`benchmarks/results/audit_noise.md` counts flowers' own mislabelled photos too).\n")
 
 
-def calibration_tta() -> str:
+@_from("calibration_tta.json", "benchmarks/calibration_tta.py")
+def calibration_tta(d: Any) -> str:
     """Temperature scaling (test ECE/NLL before and after) and test-time augmentation (paired accuracy difference)."""
-    path = RESULTS / "calibration_tta.json"
-    if not path.exists():
-        return "(not yet measured: run `python benchmarks/calibration_tta.py`)\n"
-    d = _load("calibration_tta.json")
     lines = ["| run (n selection / n test) | temperature | test ECE before -> after | test NLL before -> after |", "|---|---|---|---|"]
     for name, c in d["calibration"].items():
         t = c["test"]
