@@ -17,7 +17,7 @@ def evaluate(
     data: Path = typer.Argument(..., help="Labelled image folder (class sub-folders, or its test/ or val/ split)."),
     out: Optional[Path] = typer.Option(None, help="Where to write evaluation.json (default: the run folder)."),
     engine: str = typer.Option("auto", help="auto | torch | onnx. auto: ONNX Runtime on the CPU when installed "
-                                            "(about 2x faster), PyTorch on a GPU."),
+                                            "(2.4x PyTorch's compute in benchmarks/cpu_inference.py), PyTorch on a GPU."),
     tta: str = typer.Option("none", help="Test-time augmentation: none | flip (2 views) | flip-crops (ten crops: "
                                          "centre, corners and mirrors; 10x the compute). Probabilities are averaged."),
 ) -> None:

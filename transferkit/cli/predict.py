@@ -21,7 +21,7 @@ def predict(
     top_k: int = typer.Option(1, help="How many classes per image."),
     format: str = typer.Option("csv", help="csv | json"),
     engine: str = typer.Option("auto", help="auto | torch | onnx. auto: ONNX Runtime on the CPU when installed "
-                                            "(about 2x faster), PyTorch on a GPU."),
+                                            "(2.4x PyTorch's compute in benchmarks/cpu_inference.py), PyTorch on a GPU."),
     tta: str = typer.Option("none", help="Test-time augmentation: none | flip (2 views) | flip-crops (ten crops: "
                                          "centre, corners and mirrors; 10x the compute). Probabilities are averaged."),
 ) -> None:

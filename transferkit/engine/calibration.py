@@ -17,7 +17,8 @@ from transferkit.metrics.classification import expected_calibration_error, summa
 __all__ = ["CALIBRATIONS", "MIN_SELECTION", "fit_calibration", "temperature_of", "tempered", "test_calibration"]
 
 CALIBRATIONS = ("temperature", "none")
-# Below this many selection images no temperature is fitted: on hymenoptera's 37 a fine-tuned model got
+# Below this many selection images no temperature is fitted: on hymenoptera's 37 a fine-tuned model (`transferkit
+# train hymenoptera --strategy finetune --epochs 2 --input-size 128`) got
 # T = 0.29, which made the test ECE worse (0.079 -> 0.105); the NLL of a few dozen images is dominated by one
 # or two confident mistakes. Guo et al. fitted on thousands.
 MIN_SELECTION = 100

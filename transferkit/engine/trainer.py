@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -34,7 +33,7 @@ from transferkit.engine.oom import oom_guard
 from transferkit.engine.progress import Reporter
 from transferkit.engine.summary import run_summary
 from transferkit.errors import ConfigError, TransferKitError
-from transferkit.export.runfiles import MODEL_META, save_model
+from transferkit.export.runfiles import record_in_head, save_model
 from transferkit.features.headfit import CachedHead
 from transferkit.fileio import append_jsonl, write_json, write_text
 from transferkit.metrics.classification import detailed_metrics, summary_metrics
@@ -482,7 +481,7 @@ class Trainer:
         calibration = fit_calibration(self.cfg.engine.calibrate, selection)  # the selection split's labels only
         temperature = temperature_of(calibration)
         if self.dist.main:  # model.json records it (1: none): predict, export and serve apply it
-            self._record_in_head(temperature=temperature)
+            record_in_head(self.run_dir, temperature=temperature)  # the weights stay as saved
         # the test split is evaluated here, once, with the model already chosen; nothing below chooses
         raw = self._evaluate(self.data.test, cached)
         test = tempered(raw, temperature)
@@ -526,11 +525,6 @@ class Trainer:
         record["prior"] = [round(float(p), 6) for p in prior]
         self.reporter.say(f"logit adjustment: tau {record['tau']:g} ({record['chosen_on']})")
         return record
-
-    def _record_in_head(self, **values: Any) -> None:
-        """Add ``values`` to the head description in model.json (keeping what is there, e.g. a logit adjustment)."""
-        head = json.loads((self.run_dir / MODEL_META).read_text(encoding="utf-8"))["head"]
-        save_model(self.run_dir, self.model, self.data.classes, {**head, **values})
 
     def _write_predictions(self, split: str, samples, result: dict[str, Any]) -> None:
         """Per-image probabilities of the final model (the report's galleries and calibration use them)."""

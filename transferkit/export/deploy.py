@@ -35,12 +35,12 @@ from transferkit.export.onnx import (
     export_onnx,
     _quiet_export,
     export_torchscript,
-    file_sha256,
     require_onnx,
     resize_policy,
     uint8_pipeline,
 )
 from transferkit.export.runfiles import MODEL_FILE, LoadedRun, load_run
+from transferkit.models.pretrained import file_sha256
 from transferkit.fileio import write_json
 
 __all__ = ["FORMATS", "ENGINES", "PARITY_TOL", "INT8_MAX_DROP", "export_run", "run_metadata", "run_engine", "resolve_engine",

@@ -14,7 +14,7 @@ from transferkit.fileio import atomic_write, write_json
 from transferkit.models.backbones import BackboneSpec
 from transferkit.models.transfer import TransferModel, build_model
 
-__all__ = ["save_model", "load_run", "LoadedRun", "MODEL_FILE", "MODEL_META"]
+__all__ = ["save_model", "record_in_head", "load_run", "LoadedRun", "MODEL_FILE", "MODEL_META"]
 
 MODEL_FILE = "model.safetensors"
 MODEL_META = "model.json"
@@ -59,6 +59,14 @@ def save_model(run_dir: str | Path, model: TransferModel, classes: list[str], he
     }
     write_json(run / (Path(name).stem + ".json"), meta)
     return target
+
+
+def record_in_head(run_dir: str | Path, name: str = MODEL_FILE, **values: Any) -> None:
+    """Add ``values`` to the head description in the model's JSON, keeping what is there; the weights are not rewritten."""
+    path = Path(run_dir) / (Path(name).stem + ".json")
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    meta["head"] = {**meta["head"], **values}
+    write_json(path, meta)
 
 
 def load_run(run_dir: str | Path, weights_name: str = MODEL_FILE, device: str = "cpu") -> LoadedRun:

@@ -4,7 +4,8 @@
 >>> out = embed_folder("data/flowers", "flowers.npz")      # embeddings, labels, paths, classes
 
 The names below load on first use (PEP 562): ``transferkit embed`` on a warm cache needs the cache and
-the store, not scikit-learn (the probe), whose import alone takes about a second.
+the store, not scikit-learn (the probe), whose import alone takes about a second (1.06 s by
+``python -X importtime -c "import sklearn"`` on 2 cores).
 """
 
 from importlib import import_module
