@@ -77,8 +77,8 @@ class Balance:
         ratio = "inf" if math.isinf(self.ratio) else f"{self.ratio:.1f}"
         if train[largest] == train[smallest]:
             return f"class balance: 1.0:1 (every class {train[largest]} training images)"
-        text = (f"class balance: {ratio}:1 ({self.classes[largest]} {train[largest]} vs "
-                f"{self.classes[smallest]} {train[smallest]} training images)")
+        text = (f"class balance: {ratio}:1 (largest class {self.classes[largest]!r}: {train[largest]}, "
+                f"smallest class {self.classes[smallest]!r}: {train[smallest]} training images)")
         if self.imbalanced:
             text += f" - imbalanced (> {self.threshold:g}:1)"
         return text

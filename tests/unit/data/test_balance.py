@@ -113,6 +113,16 @@ def test_balance_counts_every_split_and_the_training_ratio_decides():
     assert flat.describe() == "class balance: 1.0:1 (every class 7 training images)"
 
 
+def test_balance_line_quotes_class_names_and_says_which_is_largest():
+    # classes named by numbers read as counts without quotes ("1 128 vs 8 122 training images")
+    b = measure_balance(["1", "8"], {"train": _samples([128, 122])})
+    assert b.describe() == ("class balance: 1.0:1 (largest class '1': 128, smallest class '8': 122 "
+                            "training images)")
+    rare = measure_balance(["ok", "dent"], {"train": _samples([60, 4])})
+    assert rare.describe() == ("class balance: 15.0:1 (largest class 'ok': 60, smallest class 'dent': 4 "
+                               "training images) - imbalanced (> 3:1)")
+
+
 @pytest.mark.parametrize(("counts", "overrides", "expected"), [
     ([60, 10, 4], {}, ("balanced_accuracy", "balanced", "none", "none")),
     ([30, 12, 10], {}, ("accuracy", "none", "none", "none")),  # balanced data trains as before
