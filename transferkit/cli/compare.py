@@ -1,4 +1,5 @@
-"""``transferkit compare DATA``: several strategies over several seeds on the same split, mean ± std."""
+"""``transferkit compare DATA``: several strategies over several seeds on the same split, means with 95% intervals
+and paired verdicts against the best row."""
 
 from __future__ import annotations
 
@@ -26,7 +27,16 @@ def compare(
     *,
     settings: dict[str, Any],
 ) -> None:
-    """Train several strategies over several seeds on the same split; print a mean ± std table."""
+    """Train several strategies over several seeds on the same split; print each one's mean with a 95% interval
+    and its paired verdict against the best row.
+
+    Every strategy is scored on the same test images with the same seeds. Per row: the mean over seeds of the
+    lead metric (accuracy; balanced accuracy when the runs find the data imbalanced) with a 95% interval that
+    resamples seeds and test images, and, against the best row, the paired difference (same seed, same images)
+    with its 95% interval and a verdict: better, worse, or no clear difference when the interval holds 0.
+    Settings that differ between rows are listed under the table. Runs already in --out are reused (or
+    resumed) only when they were trained with these settings; others are refused before anything trains.
+    """
     names = [s.strip() for s in strategies.split(",") if s.strip()]
 
     def go() -> dict[str, Any]:
