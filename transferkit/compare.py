@@ -9,6 +9,9 @@ and a verdict: "better"/"worse" when the interval excludes 0, else "no clear dif
 so a "no clear difference" beside it is the honest reading, and several "worse" verdicts are several
 simultaneous claims (Holm's correction would widen each interval). The table also lists every setting that
 differs between rows besides the strategy (from each run's config.yaml, and the resolved BatchNorm policy).
+
+A run folder already in the output folder is reused (or resumed) only when its config.yaml is the config the
+call asks for; a folder of other settings is refused before anything trains, naming what differs.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import yaml
 
+from transferkit.config import config_from_dict, config_to_dict
 from transferkit.errors import ConfigError
 from transferkit.fileio import write_json, write_text
-from transferkit.strategy.plan import default_comparison  # light: config, errors, registry; no torch
+from transferkit.strategy.plan import AUTO, default_comparison  # light: config, errors, registry; no torch
 
 __all__ = ["compare", "comparison_table", "paired_verdicts", "differing_settings", "DEFAULT_STRATEGIES", "METRICS"]
 
@@ -61,26 +65,33 @@ def compare(
 ) -> dict[str, Any]:
     """Train every strategy with seeds 0..seeds-1 on the same split (split seed fixed at 0).
 
-    Runs already finished in ``out`` are reused, so an interrupted comparison continues where it stopped.
-    Writes ``comparison.json``, ``comparison.md`` (and ``comparison.html`` when the report module has it).
+    A run folder already in ``out`` is used only when its config.yaml is the config this call would train
+    (``_check_existing_runs``): a finished run is reused and an unfinished one resumed, so an interrupted
+    comparison continues where it stopped. A folder trained with other settings is refused before anything
+    trains, naming each differing setting. Writes ``comparison.json``, ``comparison.md`` (and
+    ``comparison.html`` when the report module has it).
     """
     if seeds < 1:
         raise ConfigError(f"--seeds {seeds} must be at least 1")
     if not strategies:
         raise ConfigError("--strategies is empty; name at least one, e.g. feature-extraction,finetune")
-    from transferkit.workflow import train  # torch and timm load here, not when the package is imported
+    from transferkit import workflow  # torch and timm load here, not when the package is imported
 
     root = Path(out or Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-compare")
+    settings = {strategy: dict(common, **(per_strategy or {}).get(strategy, {})) for strategy in strategies}
+    _check_existing_runs(data, root, settings, seeds)
     result: dict[str, Any] = {"data": str(data), "seeds": seeds, "settings": dict(common), "strategies": {}}
     for strategy in strategies:
-        extra = dict(common, **(per_strategy or {}).get(strategy, {}))
         summaries, run_dirs = [], []
         for seed in range(seeds):
             run_dir = root / strategy / f"seed{seed}"
-            if (run_dir / "summary.json").exists():
+            if (run_dir / "summary.json").exists():  # checked above: trained with this call's settings
                 summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-            else:
-                summary = train(data, strategy=strategy, seed=seed, split_seed=0, out=str(run_dir), quiet=quiet, **extra).summary
+            elif _resumable(run_dir):
+                summary = workflow.resume(run_dir, quiet=quiet).summary
+            else:  # no folder, or one killed before its first checkpoint (the trainer clears its leftovers)
+                summary = workflow.train(data, strategy=strategy, seed=seed, split_seed=0, out=str(run_dir), quiet=quiet,
+                                         **settings[strategy]).summary
             summaries.append(summary)
             run_dirs.append(str(run_dir))
         result["strategies"][strategy] = {"runs": summaries, "run_dirs": run_dirs, **_aggregate(summaries)}
@@ -92,6 +103,113 @@ def compare(
     _write_html(root, result)
     result["out"] = str(root)
     return result
+
+
+# Config fields a reused run may differ in, because they cannot change its numbers:
+# - out: the run's own folder. The check reads that very folder, so the field only says how it was spelt when the
+#   run started (relative or absolute, or before the comparison folder was moved).
+# - engine.cache_dir: where the embedding cache lives; its entries are addressed by content, so the same images
+#   and backbone give the same embeddings from any folder.
+# Everything else counts, device and loader workers included (they can change the numerics or the augmentation draws).
+_REUSE_IGNORES = frozenset({"out", "engine.cache_dir"})
+_NOT_RECORDED = "not recorded"
+
+
+def _check_existing_runs(data: str | Path, root: Path, settings: Mapping[str, Mapping[str, Any]], seeds: int) -> None:
+    """Refuse, before anything trains, run folders under ``root`` that hold a run of other settings.
+
+    ``settings``: per strategy, the keywords its runs get (the common ones with its ``per_strategy`` ones).
+    A folder with a config.yaml (finished, or unfinished and about to be resumed or overwritten) must hold the
+    config this call resolves to, compared field by field (:func:`config_to_dict`) apart from ``_REUSE_IGNORES``.
+
+    Raises:
+        ConfigError: naming each such folder, every differing setting (requested vs found) and the fix.
+    """
+    conflicts: dict[str, list[str]] = {}  # the differences, as text -> the folders that show them
+    for strategy, keywords in settings.items():
+        for seed in range(seeds):
+            run_dir = root / strategy / f"seed{seed}"
+            if not (run_dir / "config.yaml").is_file():
+                if (run_dir / "summary.json").exists() or _resumable(run_dir):
+                    conflicts.setdefault("no config.yaml to show its settings", []).append(str(run_dir))
+                continue
+            requested = _requested_config(data, strategy, seed, run_dir, keywords)
+            differences = _config_differences(requested, run_dir / "config.yaml")
+            if differences:
+                shown = "; ".join(f"{key} {_show(want)} requested, {_show(found)} found" for key, want, found in differences)
+                conflicts.setdefault(shown, []).append(str(run_dir))
+    if conflicts:
+        listed = " | ".join(f"{', '.join(folders)}: {shown}" for shown, folders in conflicts.items())
+        count = sum(len(folders) for folders in conflicts.values())
+        raise ConfigError(
+            f"compare --out {root}: {count} run folder(s) there hold runs of other settings than this call asks for, "
+            f"and reusing them would report their numbers as this call's (nothing was trained): {listed}. "
+            f"Choose another --out for this comparison, or delete those folders to train them again with these settings")
+
+
+def _requested_config(data: str | Path, strategy: str, seed: int, run_dir: Path, keywords: Mapping[str, Any]) -> dict[str, Any]:
+    """The config (as a dict) that ``workflow.train`` resolves for this run, the recommendation of ``auto`` included."""
+    from transferkit.config import flat_overrides
+    from transferkit.workflow import build_config, explicit_keys
+
+    arguments = dict(keywords, strategy=strategy, seed=seed, split_seed=0, out=str(run_dir))
+    cfg = build_config(data, **arguments)
+    if cfg.strategy.name == AUTO:  # the run's config.yaml holds what the recommender resolved, so compare with that
+        from transferkit.recommender import resolve_auto
+
+        explicit = explicit_keys({}, {**flat_overrides(arguments, caller="transferkit.compare"), "data.path": str(data)})
+        cfg = resolve_auto(cfg, quiet=True, explicit=explicit)
+    return config_to_dict(cfg)
+
+
+def _config_differences(requested: Mapping[str, Any], path: Path) -> list[tuple[str, Any, Any]]:
+    """(dotted key, requested, found) for every setting of ``requested`` that the config file at ``path`` differs in.
+
+    A key the file lacks (a run from before that setting existed) is ``"not recorded"``: its value then is unknown.
+    """
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        found = _flat(config_to_dict(config_from_dict(raw)))
+    except (yaml.YAMLError, ConfigError, AttributeError, TypeError) as exc:
+        return [("config.yaml", "a valid run config", f"unreadable ({str(exc).splitlines()[0]})")]
+    recorded = set(_flat(raw)) if isinstance(raw, dict) else set()
+    differences = []
+    for key, want in _flat(requested).items():
+        if key in _REUSE_IGNORES:
+            continue
+        have = found.get(key) if key in recorded else _NOT_RECORDED
+        if key == "data.path" and have != _NOT_RECORDED and _same_path(want, have):
+            continue
+        if want != have:
+            differences.append((key, want, have))
+    return differences
+
+
+def _flat(nested: Mapping[str, Any]) -> dict[str, Any]:
+    """{"engine": {"epochs": 3}, "out": x} -> {"engine.epochs": 3, "out": x}."""
+    flat: dict[str, Any] = {}
+    for section, values in nested.items():
+        if isinstance(values, Mapping):
+            flat.update({f"{section}.{key}": value for key, value in values.items()})
+        else:
+            flat[section] = values
+    return flat
+
+
+def _same_path(a: Any, b: Any) -> bool:
+    """The same folder however it is spelt (relative to the current folder, or absolute)."""
+    return a == b or (bool(a) and bool(b) and Path(str(a)).resolve() == Path(str(b)).resolve())
+
+
+def _show(value: Any) -> str:
+    return value if value == _NOT_RECORDED else repr(value) if isinstance(value, str) else str(value)
+
+
+def _resumable(run_dir: Path) -> bool:
+    """An unfinished run with a committed checkpoint: epochs worth keeping (``transferkit train --resume``)."""
+    from transferkit.engine.checkpoint import STATE_TENSORS
+
+    return not (run_dir / "summary.json").exists() and (run_dir / STATE_TENSORS).is_file()
 
 
 # settings that never count as a difference between rows: the strategy itself, its seed and its folder
