@@ -21,15 +21,8 @@ from torchvision.transforms import v2 as T
 
 from transferkit.config import FLAT_KEYS, RunCfg, apply_overrides, config_from_dict, flat_overrides, load_config
 from transferkit.data.datasets import ImageDataset, make_loader
-from transferkit.data.scan import (
-    Sample,
-    ScanResult,
-    detect_layout,
-    list_image_files,
-    scan_class_folder,
-    scan_dataset,
-    validate,
-)
+from transferkit.data.layout import evaluation_folder
+from transferkit.data.scan import Sample, ScanResult, list_image_files, scan_class_folder, validate
 from transferkit.data.transforms import TTA_MODES, TTA_VIEWS, eval_transform, resize_size, tta_views
 from transferkit.models.runtime import pick_device, predict_loader, prediction_rows, top_k_row
 from transferkit.engine.oom import oom_guard
@@ -129,15 +122,13 @@ def write_run_report(run_dir: Path, model: Any) -> None:
 
 
 def _evaluation_scan(data: str | os.PathLike, classes: list[str]) -> ScanResult:
-    """The scan of an evaluation folder: a flat folder uses the model's classes as its label space.
+    """The scan of an evaluation folder (a folder of classes, else its test/, else its val/, else a lone train/;
+    :func:`transferkit.data.layout.evaluation_folder`) with the model's classes as its label space.
 
     So a folder holding only some of the model's classes (even one) can be evaluated; a folder that
     is not one of the model's classes is refused by the scan, naming it.
     """
-    if detect_layout(data) == "flat":
-        return scan_class_folder(data, classes=list(classes))
-    scans = scan_dataset(data)
-    return scans["test"] if "test" in scans else scans["val"]
+    return scan_class_folder(evaluation_folder(data), classes=list(classes))
 
 
 def _labelled_samples(run: LoadedRun, data: str | os.PathLike) -> tuple[list[Sample], list[tuple[str, str]]]:

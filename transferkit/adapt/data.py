@@ -15,13 +15,12 @@ from typing import Any, Iterator, Sequence
 
 from transferkit.data.datasets import ImageDataset, make_loader
 from transferkit.data.decode import IMAGE_EXTENSIONS
+from transferkit.data.layout import evaluation_folder
 from transferkit.data.scan import (
     Sample,
     ScanResult,
-    detect_layout,
     list_image_files,
     scan_class_folder,
-    scan_dataset,
     validate,
 )
 from transferkit.errors import DataError
@@ -70,11 +69,7 @@ def labelled_eval_samples(
     path = Path(folder)
     if not path.is_dir():
         raise DataError(f"--target-labels-for-eval {path} does not exist; pass a folder of class sub-folders")
-    if detect_layout(path) == "flat":
-        scan = scan_class_folder(path, classes=list(classes))
-    else:
-        scans = scan_dataset(path)
-        scan = scans["test"] if "test" in scans else scans["val"]
+    scan = scan_class_folder(evaluation_folder(path), classes=list(classes))  # the folder, its test/ or val/
     unknown = sorted(set(scan.classes) - set(classes))
     if unknown:
         raise DataError(

@@ -21,14 +21,14 @@ __all__ = ["images_needed", "balance_report"]
 def images_needed(layout: str, splits: Sequence[str], min_per_class: int) -> tuple[int, str]:
     """Fewest images per class the folder that trains must hold, and why (as ``prepare_data`` counts).
 
-    One folder of classes: a selection and a test split are carved, ``min_per_class`` images each, and one
-    image must be left to train. ``train/ val/``: only the selection split is carved from train/. With
-    ``test/`` too nothing is carved, so one training image is enough.
+    One folder of classes (or train/ alone): a selection and a test split are carved, ``min_per_class`` images
+    each, and one image must be left to train. ``train/ val/`` or ``train/ test/``: only the selection split is
+    carved from train/. With ``train/ val/ test/`` nothing is carved, so one training image is enough.
     """
     if layout == "flat":
         return 2 * min_per_class + 1, (f"selection and test splits are carved from the folder, {min_per_class} "
                                        "image(s) of each class each (data.min_per_class), and 1 is left to train")
-    if "test" in splits:
+    if "val" in splits and "test" in splits:
         return 1, "train/ val/ test/ are used as given; training needs 1 image of each class"
     return min_per_class + 1, (f"the selection split is carved from train/, {min_per_class} image(s) of each "
                                "class (data.min_per_class), and 1 is left to train")

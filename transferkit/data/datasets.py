@@ -21,7 +21,8 @@ from torch.utils.data.distributed import DistributedSampler
 from transferkit.config import DataCfg
 from transferkit.data.balance import BalancedSampler
 from transferkit.data.decode import load_rgb
-from transferkit.data.scan import Sample, scan_dataset, validate
+from transferkit.data.layout import scan_dataset
+from transferkit.data.scan import Sample, ScanResult, validate
 from transferkit.data.transforms import image_rng
 from transferkit.errors import DataError
 
@@ -48,7 +49,7 @@ class DataSplits:
     """
 
     root: str
-    layout: str  # "split" (train/val[/test] folders given) or "flat" (split here by seed)
+    layout: str  # "split" (train/ with val/ and/or test/ given) or "flat" (every role carved here by seed)
     classes: list[str]
     train: list[Sample]
     selection: list[Sample]
@@ -110,62 +111,90 @@ def stratified_split(samples: Sequence[Sample], fraction: float, seed: int,
 def prepare_data(cfg: DataCfg, draft_size: int | None = None, select: str = "best") -> DataSplits:
     """Scan, validate (decode each file once) and assign the folder ``cfg.path`` to the three roles.
 
-    - ``train/ val/ test/``: used as named (val/ selects, test/ is reported).
-    - ``train/ val/``: the selection split is carved from train/ (stratified, ``cfg.selection_fraction``,
-      seeded by ``cfg.split_seed``) and val/ is reported as the test split.
-    - one folder of class sub-folders: stratified train / selection / test
+    - ``train/ val/ test/``: used as named (val/ selects, test/ is reported). ``val/`` may be named
+      ``valid/``, ``validation/`` or ``dev/`` (:mod:`transferkit.data.layout`).
+    - ``train/ val/`` or ``train/ test/``: the selection split is carved from train/ (stratified,
+      ``cfg.selection_fraction``, seeded by ``cfg.split_seed``) and the other folder is reported as the test split.
+    - one folder of class sub-folders, or ``train/`` alone: stratified train / selection / test
       (``1 - selection_fraction - test_fraction`` / ``selection_fraction`` / ``test_fraction``, 70/15/15).
     - ``select="last"`` (a fixed budget, nothing chosen): no selection split; every image that is not
       test trains (a given val/ beside a test/ is then not used).
+
+    Raises:
+        DataError: no train/ beside val/ or test/, split names mixed with class folders, classes too small.
     """
-    scans = scan_dataset(os.path.abspath(cfg.path))  # absolute paths: reports and predictions work from anywhere
+    root = os.path.abspath(cfg.path)  # absolute paths: reports and predictions work from anywhere
+    scans = scan_dataset(root)
     if cfg.validate:
         scans = {name: validate(scan, workers=max(1, os.cpu_count() or 1), draft_size=draft_size) for name, scan in scans.items()}
     skipped = [item for scan in scans.values() for item in scan.skipped]
     choose = select != "last"
+    if "all" in scans:
+        return _checked(_carve_all(cfg, scans["all"], root, skipped, choose), choose)
+    if "train" not in scans:
+        given = " ".join(_folder(scan) for scan in scans.values())
+        raise DataError(
+            f"{cfg.path} has {given} but no train/ folder: training needs its images in "
+            f"{os.path.join(cfg.path, 'train', '<class>', 'img.jpg')!r}; add train/, or, to train on one of these "
+            "folders alone, pass that folder as DATA (selection and test are then carved from it)"
+        )
+    return _checked(_given_splits(cfg, scans, skipped, choose), choose)
+
+
+def _folder(scan: ScanResult) -> str:
+    """``"train/"``: a split folder's own name, as the user wrote it."""
+    return os.path.basename(scan.root.rstrip(os.sep)) + "/"
+
+
+def _carve_all(cfg: DataCfg, scan: ScanResult, root: str, skipped: list[tuple[str, str]], choose: bool) -> DataSplits:
+    """Every role carved from one folder of classes: the dataset itself, or its train/ when it has no other split."""
+    where = "the folder" if os.path.normpath(scan.root) == os.path.normpath(root) else _folder(scan)
     sel_pct, test_pct = f"{cfg.selection_fraction:.0%}", f"{cfg.test_fraction:.0%}"
     carved = f"stratified, split seed {cfg.split_seed}"
-    if "all" in scans:
-        scan = scans["all"]
-        _require_two_classes(scan.samples, scan.classes, cfg.path)
-        _require_class_sizes(scan.samples, scan.classes, cfg.min_per_class, 2 if choose else 1, cfg.path)
-        rest, test = stratified_split(scan.samples, cfg.test_fraction, cfg.split_seed, cfg.min_per_class)
-        sources = {"test": f"{test_pct} of the folder ({carved})"}
-        selection: list[Sample] = []
-        if choose:  # selection_fraction of the whole folder, taken from what the test split left
-            share = cfg.selection_fraction / (1.0 - cfg.test_fraction)
-            rest, selection = stratified_split(rest, share, cfg.split_seed + 1, cfg.min_per_class)
-            sources["selection"] = f"{sel_pct} of the folder ({carved}; disjoint from test)"
-        sources["train"] = "the rest of the folder"
-        return _checked(DataSplits(str(cfg.path), "flat", scan.classes, rest, selection, test, skipped, sources), choose)
+    _require_two_classes(scan.samples, scan.classes, scan.root)
+    _require_class_sizes(scan.samples, scan.classes, cfg.min_per_class, 2 if choose else 1, scan.root)
+    rest, test = stratified_split(scan.samples, cfg.test_fraction, cfg.split_seed, cfg.min_per_class)
+    sources = {"test": f"{test_pct} of {where} ({carved})"}
+    selection: list[Sample] = []
+    if choose:  # selection_fraction of the whole folder, taken from what the test split left
+        share = cfg.selection_fraction / (1.0 - cfg.test_fraction)
+        rest, selection = stratified_split(rest, share, cfg.split_seed + 1, cfg.min_per_class)
+        sources["selection"] = f"{sel_pct} of {where} ({carved}; disjoint from test)"
+    sources["train"] = f"the rest of {where}"
+    return DataSplits(str(cfg.path), "flat", scan.classes, rest, selection, test, skipped, sources)
+
+
+def _given_splits(cfg: DataCfg, scans: dict[str, ScanResult], skipped: list[tuple[str, str]],
+                  choose: bool) -> DataSplits:
+    """train/ with val/ and/or test/: folders used as named; a missing selection split is carved from train/."""
     train_scan = scans["train"]
-    _require_two_classes(train_scan.samples, train_scan.classes, str(Path(cfg.path) / "train"))
-    if not scans["val"].samples:
-        raise DataError(f"{cfg.path}: the validation folder has no readable images; add images to it or remove it")
-    val_dir = os.path.basename(scans["val"].root.rstrip(os.sep)) + "/"
-    if "test" in scans:
-        if not scans["test"].samples:
-            raise DataError(f"{cfg.path}: the test folder has no readable images; add images to it or remove it")
-        test, test_src = scans["test"].samples, "test/"
+    train_dir = _folder(train_scan)
+    _require_two_classes(train_scan.samples, train_scan.classes, train_scan.root)
+    for name in ("val", "test"):
+        if name in scans and not scans[name].samples:
+            raise DataError(f"{scans[name].root}: this {name} folder has no readable images; add images to it or remove it")
+    train, selection = train_scan.samples, []
+    if "val" in scans and "test" in scans:
+        test, val_dir = scans["test"].samples, _folder(scans["val"])
+        sources = {"train": train_dir, "test": _folder(scans["test"])}
         if choose:
-            train, selection = train_scan.samples, scans["val"].samples
-            sources = {"train": "train/", "selection": val_dir, "test": test_src}
+            selection, sources["selection"] = scans["val"].samples, val_dir
         else:
-            train, selection = train_scan.samples, []
-            sources = {"train": "train/", "test": test_src, "unused": f"{val_dir} (--select last chooses nothing)"}
+            sources["unused"] = f"{val_dir} (--select last chooses nothing)"
+        return DataSplits(str(cfg.path), "split", train_scan.classes, train, selection, test, skipped, sources)
+    held = scans.get("test") or scans["val"]
+    test = held.samples
+    sources = {"test": _folder(held) if "test" in scans else f"{_folder(held)} (reported as the test split)"}
+    if choose:
+        _require_class_sizes(train_scan.samples, train_scan.classes, cfg.min_per_class, 1, train_scan.root)
+        train, selection = stratified_split(train_scan.samples, cfg.selection_fraction, cfg.split_seed,
+                                            cfg.min_per_class)
+        sources["selection"] = (f"{cfg.selection_fraction:.0%} of {train_dir} "
+                                f"(stratified, split seed {cfg.split_seed})")
+        sources["train"] = f"the rest of {train_dir}"
     else:
-        test = scans["val"].samples
-        sources = {"test": f"{val_dir} (reported as the test split)"}
-        if choose:
-            _require_class_sizes(train_scan.samples, train_scan.classes, cfg.min_per_class, 1,
-                                 str(Path(cfg.path) / "train"))
-            train, selection = stratified_split(train_scan.samples, cfg.selection_fraction, cfg.split_seed,
-                                                cfg.min_per_class)
-            sources.update(train="the rest of train/", selection=f"{sel_pct} of train/ ({carved})")
-        else:
-            train, selection = train_scan.samples, []
-            sources["train"] = "train/"
-    return _checked(DataSplits(str(cfg.path), "split", train_scan.classes, train, selection, test, skipped, sources), choose)
+        sources["train"] = train_dir
+    return DataSplits(str(cfg.path), "split", train_scan.classes, train, selection, test, skipped, sources)
 
 
 def _checked(data: DataSplits, choose: bool) -> DataSplits:

@@ -1,11 +1,7 @@
-"""Scanning image folders laid out one sub-folder per class.
+"""Scanning one image folder laid out one sub-folder per class: ``ROOT/<class>/**/<image>``.
 
-Layouts (see :func:`detect_layout`)::
-
-    flat:   ROOT/<class>/**/<image>
-    split:  ROOT/train/<class>/**/<image>
-            ROOT/val/<class>/...        (or valid/ or validation/)
-            ROOT/test/<class>/...       (optional)
+Which folders of a dataset are scanned (a folder of classes, or its train/ val/ test/ split folders) is
+decided in :mod:`transferkit.data.layout`.
 
 Class names are the sorted sub-folder names and labels are their indices,
 exactly like ``torchvision.datasets.ImageFolder``. Nothing vanishes without a
@@ -36,10 +32,10 @@ from transferkit.errors import DataError
 __all__ = [
     "Sample",
     "ScanResult",
-    "detect_layout",
+    "check_root",
+    "junk_reason",
     "list_image_files",
     "scan_class_folder",
-    "scan_dataset",
     "validate",
 ]
 
@@ -59,7 +55,6 @@ SYSTEM_DIRS: Final[frozenset[str]] = frozenset(
         "@eadir",
     }
 )
-VAL_NAMES: Final[tuple[str, ...]] = ("val", "valid", "validation")
 
 REASON_SYSTEM_FILE: Final = "ignored: system file"
 REASON_SYSTEM_DIR: Final = "ignored: system folder"
@@ -98,7 +93,7 @@ def _nfc(name: str) -> str:
     return unicodedata.normalize("NFC", name)
 
 
-def _junk_reason(name: str, is_dir: bool) -> str | None:
+def junk_reason(name: str, is_dir: bool) -> str | None:
     """Reason a file/folder name is ignored, or None if it is a normal name."""
     lower = name.lower()
     if is_dir:
@@ -112,7 +107,7 @@ def _junk_reason(name: str, is_dir: bool) -> str | None:
 
 def _file_reason(name: str) -> str | None:
     """Why a file is skipped by name (junk or non-image extension), else None."""
-    junk = _junk_reason(name, is_dir=False)
+    junk = junk_reason(name, is_dir=False)
     if junk is not None:
         return junk
     ext = os.path.splitext(name)[1].lower()
@@ -140,7 +135,7 @@ class _Walker:
         keep: list[str] = []
         for name in sorted(dirnames):
             path = os.path.join(dirpath, name)
-            junk = _junk_reason(name, is_dir=True)
+            junk = junk_reason(name, is_dir=True)
             if junk is not None:
                 self.skipped.append((path, junk))
             elif self._claim(path):
@@ -197,7 +192,7 @@ def list_image_files(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
     return files
 
 
-def _check_root(root: str) -> None:
+def check_root(root: str) -> None:
     """Refuse a missing root or one that is not a folder."""
     if not os.path.exists(root):
         raise DataError(f"dataset folder {root!r} does not exist; check the path")
@@ -218,7 +213,7 @@ def _list_class_dirs(root: str, skipped: list[tuple[str, str]]) -> list[str]:
     loose_images = 0
     for entry in entries:
         is_dir = entry.is_dir(follow_symlinks=True)
-        junk = _junk_reason(entry.name, is_dir)
+        junk = junk_reason(entry.name, is_dir)
         if junk is not None:
             skipped.append((entry.path, junk))
         elif is_dir:
@@ -306,7 +301,7 @@ def scan_class_folder(root: str | os.PathLike[str], classes: list[str] | None = 
             folder not in ``classes``.
     """
     root_str = os.fspath(root)
-    _check_root(root_str)
+    check_root(root_str)
     skipped: list[tuple[str, str]] = []
     found = _list_class_dirs(root_str, skipped)
     names = _resolve_classes(root_str, found, classes)
@@ -384,87 +379,3 @@ def validate(
         )
     skipped = list(result.skipped) + bad
     return ScanResult(root=result.root, classes=list(result.classes), samples=good, skipped=skipped)
-
-
-def _split_dirs(root: str) -> dict[str, str]:
-    """Map split name -> folder for the split sub-folders present in root."""
-    try:
-        names = {e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=True)}
-    except OSError:
-        return {}
-    splits: dict[str, str] = {n: n for n in ("train", "test") if n in names}
-    vals = [n for n in VAL_NAMES if n in names]
-    if len(vals) > 1:
-        raise DataError(
-            f"{root!r} has several validation folders {vals}; keep exactly one of {list(VAL_NAMES)}"
-        )
-    if vals:
-        splits["val"] = vals[0]
-    return splits
-
-
-def _has_subfolders(path: str) -> bool:
-    """True if ``path`` has at least one non-hidden, non-system sub-folder."""
-    try:
-        return any(
-            e.is_dir(follow_symlinks=True) and _junk_reason(e.name, True) is None
-            for e in os.scandir(path)
-        )
-    except OSError:
-        return False
-
-
-def detect_layout(root: str | os.PathLike[str]) -> Literal["split", "flat"]:
-    """Tell a ``train/ + val/ (+ test/)`` layout from a flat class-folder one.
-
-    Args:
-        root: Dataset folder.
-
-    Returns:
-        ``"split"`` if root has ``train/`` and one of ``val/``, ``valid/``,
-        ``validation/`` whose children are class folders, else ``"flat"``.
-
-    Raises:
-        DataError: root has more than one of val/valid/validation.
-    """
-    root_str = os.fspath(root)
-    splits = _split_dirs(root_str)
-    if "train" not in splits or "val" not in splits:
-        return "flat"
-    train = os.path.join(root_str, splits["train"])
-    val = os.path.join(root_str, splits["val"])
-    return "split" if _has_subfolders(train) and _has_subfolders(val) else "flat"
-
-
-def scan_dataset(root: str | os.PathLike[str]) -> dict[str, ScanResult]:
-    """Scan a dataset in either layout.
-
-    Args:
-        root: Dataset folder.
-
-    Returns:
-        ``{"train", "val"[, "test"]}`` for the split layout (val/test use
-        train's classes), else ``{"all": ...}``.
-
-    Raises:
-        DataError: see :func:`scan_class_folder` and :func:`detect_layout`.
-    """
-    root_str = os.fspath(root)
-    _check_root(root_str)
-    if detect_layout(root_str) == "flat":
-        found = set(_split_dirs(root_str))
-        if "train" in found:
-            logger.warning(
-                "%s has a train/ folder but no usable val/ split; scanning it as a flat "
-                "class-folder dataset (so 'train' is a class name)",
-                root_str,
-            )
-        return {"all": scan_class_folder(root_str)}
-    splits = _split_dirs(root_str)
-    train = scan_class_folder(os.path.join(root_str, splits["train"]))
-    result = {"train": train}
-    for split in ("val", "test"):
-        if split in splits:
-            path = os.path.join(root_str, splits[split])
-            result[split] = scan_class_folder(path, classes=train.classes)
-    return result

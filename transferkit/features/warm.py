@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from transferkit.data.scan import scan_dataset
+from transferkit.data.layout import scan_dataset
 from transferkit.errors import ConfigError
 from transferkit.features.digests import digest_files
 from transferkit.features.store import Namespace, cache_root

@@ -124,5 +124,6 @@ def test_balance_counts_ratio_and_classes_too_small_for_the_split():
     assert report["missing_in_held_out"] == {"val": ["tiny"]}
     assert images_needed("flat", ["all"], 2)[0] == 5  # selection + test carved, one left to train
     assert images_needed("split", ["train", "val", "test"], 2)[0] == 1  # nothing carved
+    assert images_needed("split", ["train", "test"], 2)[0] == 3  # train/ test/: selection carved from train/
     flat = balance_report(classes, y[:54], ["all"] * 54, "flat", min_per_class=2)
     assert flat["split_that_trains"] == "all" and flat["too_small"] == [{"class": "tiny", "images": 4, "needed": 5}]

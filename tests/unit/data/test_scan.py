@@ -12,12 +12,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from transferkit.data.layout import detect_layout, scan_dataset
 from transferkit.data.scan import (
     Sample,
     ScanResult,
-    detect_layout,
     scan_class_folder,
-    scan_dataset,
     validate,
 )
 from transferkit.errors import DataError
@@ -261,10 +260,11 @@ def test_detect_layout_flat(tmp_path: Path) -> None:
     flat = make_dataset(tmp_path / "flat", {"cat": 1, "dog": 1})
     assert detect_layout(flat) == "flat"
     assert list(scan_dataset(flat)) == ["all"]
-    # A vehicles dataset with a class literally called "train" stays flat.
+    # A vehicles dataset with a class literally called "train" is refused, not read as classes or splits
+    # silently (tests/unit/data/test_layout.py): the message says to rename the folder.
     vehicles = make_dataset(tmp_path / "vehicles", {"train": 1, "bus": 1, "val": 1})
-    assert detect_layout(vehicles) == "flat"
-    assert scan_dataset(vehicles)["all"].classes == ["bus", "train", "val"]
+    with pytest.raises(DataError, match="rename"):
+        detect_layout(vehicles)
 
 
 def test_several_val_folders_refused(tmp_path: Path) -> None:
