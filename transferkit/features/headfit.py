@@ -202,16 +202,23 @@ class CachedHead:
                                                   balanced=self.cfg.data.sampler == "balanced")
 
     def fit_probe(self, selection: Sequence[Any], score: Score, class_weight: Mapping[int, float] | None = None) -> ProbeFit:
-        """Fit the converged linear probe on the training rows, choose its L2 strength on ``selection``
-        (the split that chooses; never a test split; empty under ``--select last``: then by k-fold
-        cross-validation on the training rows) with ``score(labels, probs)``, and load the folded
-        weights into the head's Linear (its Dropout stays for later fine-tuning; it is inert in eval)."""
+        """Fit the converged linear probe on the training rows, choose its L2 strength with ``selection``
+        (the split that chooses; never a test split) and ``score(labels, probs)``, and load the folded
+        weights into the head's Linear (its Dropout stays for later fine-tuning; it is inert in eval).
+
+        How the strength is chosen (:func:`~transferkit.features.probe.fit_linear_probe`): on the selection
+        split when it has at least :data:`~transferkit.features.probe.CV_BELOW` images; with fewer, by
+        k-fold cross-validation over train + selection, the probe then refitted on train alone; with none
+        (``--select last``), by k-fold cross-validation on train. The cached views of one image stay in one fold.
+        """
         linears = [m for m in self.model.head.modules() if isinstance(m, torch.nn.Linear)]
         if len(linears) != 1:
             raise ValueError(f"the probe fits a head with one Linear layer; this head has {len(linears)}")
-        train_x, train_y = self._set(self.data.train).matrix()
+        train = self._set(self.data.train)
+        train_x, train_y = train.matrix()
+        groups = np.tile(np.arange(len(train)), len(train.views))  # matrix() stacks the views view by view
         chooser = self._set(selection).matrix() if len(selection) else None
-        fit = fit_linear_probe(train_x, train_y, chooser, n_classes=linears[0].out_features, score=score,
+        fit = fit_linear_probe(train_x, train_y, chooser, n_classes=linears[0].out_features, score=score, groups=groups,
                                class_weight=None if class_weight is None else dict(class_weight))
         fit.load_into(linears[0])
         return fit
@@ -229,9 +236,11 @@ class CachedHead:
         return self._sets[id(samples)]
 
     def _prepare(self) -> None:
-        """Embed every split in one pass per view (one worker pool, one shard), then split the rows."""
+        """Embed the splits that train and choose (train and selection) in one pass per view (one worker
+        pool, one shard), then split the rows. Not the test split: its images are read once, when the
+        trainer's finish evaluates it after everything is chosen (then :meth:`_set` embeds it on its own)."""
         d = self.data
-        eval_splits = [x for x in (d.selection, d.test) if x] + ([d.train] if self.train_views == [None] else [])
+        eval_splits = [x for x in (d.selection,) if x] + ([d.train] if self.train_views == [None] else [])
         for samples, fs in zip(eval_splits, self._build(eval_splits, [None])):
             self._sets[id(samples)] = fs
         if self.train_views != [None]:

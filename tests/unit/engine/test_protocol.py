@@ -12,7 +12,10 @@ from safetensors.numpy import load_file
 
 import transferkit as tk
 import transferkit.data.datasets as datasets
+import transferkit.data.decode as decode
 import transferkit.engine.calibration as calibration
+import transferkit.features.digests as digests
+import transferkit.features.extract as extract
 from transferkit.engine.trainer import Trainer
 
 from conftest import make_image_folder
@@ -62,29 +65,79 @@ def test_relabelling_the_test_split_changes_no_choice_and_no_weight(three_splits
     assert a == pytest.approx(1 - b)
 
 
-def test_no_test_image_is_read_while_training_or_selecting(three_splits: Path, tmp_path: Path, monkeypatch):
-    read, phase = [], {"fitting": False}
-    real_load, real_epoch = datasets.load_rgb, Trainer._run_epoch
+class _ImageReads:
+    """Every read of an image file, flagged with whether a run was training or selecting at the time.
 
-    def logging_load(path, *args, **kwargs):
-        read.append((phase["fitting"], Path(path)))
-        return real_load(path, *args, **kwargs)
+    Hooks the one decoder every path goes through (``decode._decode_or_raise``: the plain loaders' and the
+    embedding cache's ``load_rgb``, the GPU path's raw decode, validation) and the hash of a file's bytes that
+    keys the embedding cache (``file_digest``, taken before embedding and checked again after decoding). A run
+    "trains or selects" from the end of its set-up until it first evaluates its test split (in ``_finish``,
+    after the epoch, the probe's L2, the temperature and tau are chosen).
+    """
 
-    def epoch(self, *args, **kwargs):
-        phase["fitting"] = True
-        try:
-            return real_epoch(self, *args, **kwargs)
-        finally:
-            phase["fitting"] = False
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.reads: list[tuple[bool, str, Path]] = []
+        self.fitting = False
+        real_decode, real_digest = decode._decode_or_raise, digests.file_digest
+        real_setup, real_evaluate = Trainer._setup, Trainer._evaluate
+        reads = self
 
-    monkeypatch.setattr(datasets, "load_rgb", logging_load)
-    monkeypatch.setattr(Trainer, "_run_epoch", epoch)
-    tk.train(three_splits, out=str(tmp_path / "run"), **SETTINGS)
-    test_root = (three_splits / "test").resolve()
-    during = [p for fitting, p in read if fitting]
-    assert during and not [p for p in during if test_root in p.resolve().parents]
-    assert {p.resolve().parent.parent.name for p in during} == {"train", "val"}
-    assert any(test_root in p.resolve().parents for fitting, p in read if not fitting)  # read once, to report
+        def logging_decode(path, *args, **kwargs):
+            reads.reads.append((reads.fitting, "decode", Path(path)))
+            return real_decode(path, *args, **kwargs)
+
+        def logging_digest(path, *args, **kwargs):
+            reads.reads.append((reads.fitting, "hash", Path(path)))
+            return real_digest(path, *args, **kwargs)
+
+        def setup(trainer, *args, **kwargs):
+            out = real_setup(trainer, *args, **kwargs)
+            reads.fitting = True
+            return out
+
+        def evaluate(trainer, samples, *args, **kwargs):
+            if samples is trainer.data.test:
+                reads.fitting = False  # the test split's one evaluation: everything is chosen by now
+            return real_evaluate(trainer, samples, *args, **kwargs)
+
+        monkeypatch.setattr(decode, "_decode_or_raise", logging_decode)
+        monkeypatch.setattr(digests, "file_digest", logging_digest)
+        monkeypatch.setattr(extract, "file_digest", logging_digest)
+        monkeypatch.setattr(Trainer, "_setup", setup)
+        monkeypatch.setattr(Trainer, "_evaluate", evaluate)
+
+    def under(self, root: Path, fitting: bool) -> list[Path]:
+        root = root.resolve()
+        return [p for f, _, p in self.reads if f == fitting and root in p.resolve().parents]
+
+
+# the default path (feature extraction, the embedding cache on: the probe), the plain path (finetune without the
+# cache) and lp-ft (the probe on cached embeddings, then epochs that read images)
+RUNS = {
+    "feature-extraction-cached": dict(SETTINGS, strategy="feature-extraction", cache=True),
+    "finetune-no-cache": dict(SETTINGS),
+    "lp-ft-cached": dict(SETTINGS, strategy="lp-ft", warmup_epochs=1, epochs=2, cache=True),
+}
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_no_test_image_is_read_while_training_or_selecting(name: str, three_splits: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(calibration, "MIN_SELECTION", 1)  # the temperature is chosen on val/ too
+    reads = _ImageReads(monkeypatch)
+    summary = tk.train(three_splits, out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"), **RUNS[name]).summary
+    assert summary["calibration"]["method"] == "temperature"
+    assert reads.under(three_splits / "train", True) and reads.under(three_splits / "val", True)
+    assert not reads.under(three_splits / "test", True)
+    assert reads.under(three_splits / "test", False)  # read once, to report
+
+
+def test_no_test_image_is_read_while_any_compared_run_trains_or_selects(three_splits: Path, tmp_path: Path, monkeypatch):
+    reads = _ImageReads(monkeypatch)
+    common = {k: v for k, v in SETTINGS.items() if k not in ("strategy", "quiet", "cache")}
+    tk.compare(three_splits, strategies=["feature-extraction", "finetune"], seeds=1, out=str(tmp_path / "cmp"),
+               quiet=True, cache_dir=str(tmp_path / "cache"), **common)
+    assert reads.under(three_splits / "train", True) and not reads.under(three_splits / "test", True)
+    assert reads.under(three_splits / "test", False)
 
 
 # --- the three roles for each folder layout ----------------------------------------------------------
