@@ -14,7 +14,7 @@ from transferkit.fileio import atomic_write, write_json
 from transferkit.models.backbones import BackboneSpec
 from transferkit.models.transfer import TransferModel, build_model
 
-__all__ = ["save_model", "record_in_head", "load_run", "LoadedRun", "MODEL_FILE", "MODEL_META"]
+__all__ = ["save_model", "safetensors_bytes", "record_in_head", "load_run", "LoadedRun", "MODEL_FILE", "MODEL_META"]
 
 MODEL_FILE = "model.safetensors"
 MODEL_META = "model.json"
@@ -42,14 +42,32 @@ def state_dict_cpu(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
 
 
-def save_model(run_dir: str | Path, model: TransferModel, classes: list[str], head: dict[str, Any], name: str = MODEL_FILE) -> Path:
-    """Write ``name`` (safetensors) and its JSON description atomically."""
-    from safetensors.torch import save_file
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """A safetensors file's bytes that depend only on ``tensors`` and ``metadata``.
 
+    safetensors writes its JSON header (the ``__metadata__`` map) in the order of a Rust hash map whose keys
+    are random per process and per map, so the same weights saved twice gave different bytes and a different
+    SHA-256 (which names the run's exported graph). The header is re-serialised with sorted keys (tensor
+    entries and their offsets unchanged, padded with spaces to 8 bytes as safetensors pads it); the tensor
+    data, laid out by safetensors in a fixed order (dtype alignment, then name), follows as written. The
+    file is built in memory (one more copy of the weights while saving).
+    """
+    from safetensors.torch import save
+
+    raw = save(tensors, metadata=metadata)
+    size = int.from_bytes(raw[:8], "little")
+    header = json.dumps(json.loads(raw[8:8 + size]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + raw[8 + size:]
+
+
+def save_model(run_dir: str | Path, model: TransferModel, classes: list[str], head: dict[str, Any], name: str = MODEL_FILE) -> Path:
+    """Write ``name`` (safetensors, bit-identical for the same weights: :func:`safetensors_bytes`) and its JSON
+    description atomically."""
     run = Path(run_dir)
     target = run / name
     with atomic_write(target) as tmp:
-        save_file(state_dict_cpu(model), str(tmp), metadata={"format": "transferkit", "version": str(FORMAT_VERSION)})
+        tmp.write_bytes(safetensors_bytes(state_dict_cpu(model), {"format": "transferkit", "version": str(FORMAT_VERSION)}))
     meta = {
         "format_version": FORMAT_VERSION,
         "weights": name,
