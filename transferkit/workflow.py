@@ -26,6 +26,7 @@ from transferkit.data.scan import Sample, ScanResult, list_image_files, scan_cla
 from transferkit.data.transforms import TTA_MODES, TTA_VIEWS, eval_transform, resize_size, tta_views
 from transferkit.models.runtime import pick_device, predict_loader, prediction_rows, top_k_row
 from transferkit.engine.oom import oom_guard
+from transferkit.engine.seen import check_seen
 from transferkit.engine.trainer import RunResult, Trainer
 from transferkit.errors import ConfigError, DataError
 from transferkit.export.deploy import onnx_cpu_plan, onnx_predict, resolve_engine, run_engine
@@ -146,6 +147,37 @@ def _labelled_samples(run: LoadedRun, data: str | os.PathLike) -> tuple[list[Sam
     return samples, list(scan.skipped)
 
 
+def _leave_out_seen(loaded: LoadedRun, data: str | os.PathLike, samples: list[Sample], include_seen: bool
+                    ) -> tuple[list[Sample], dict[str, Any], list[dict[str, str]]]:
+    """(samples to score, ``seen_check``, ``seen_files``): the images the run trained or selected on are left
+    out, unless ``include_seen``; refused when nothing else is left."""
+    check = check_seen(loaded.path, [s.path for s in samples])
+    seen_files = [{"path": s.path, "role": role} for s, role in zip(samples, check.roles) if role]
+    n_seen, n_given = len(seen_files), len(samples)
+    if n_seen and n_seen == n_given and not include_seen:
+        raise DataError(
+            f"{data}: all {n_given} images were used to train or select run {loaded.path} ({check.detail}); their "
+            "figures would measure memory, not generalisation. Pass held-out images (the run's test split is "
+            "listed in its split.json), or --include-seen (include_seen=True) to score them anyway"
+        )
+    if check.method == "none":
+        summary = (f"WARNING: could not check whether these {n_given} images were used for training or selection "
+                   f"({check.detail}); if they were, these figures are not an unbiased estimate")
+    elif include_seen and n_seen:
+        summary = f"includes {n_seen} images seen in training or selection: not an unbiased estimate ({check.detail})"
+    elif n_seen:
+        summary = (f"{n_seen} of {n_given} images were used for training or selection and are not scored "
+                   f"({check.detail}; listed in evaluation.json under seen_files; --include-seen scores them)")
+    else:
+        summary = f"none of the {n_given} images was used for training or selection ({check.detail})"
+    seen_check = {"method": check.method, "detail": check.detail, "images_given": n_given,
+                  "left_out": 0 if include_seen else n_seen, "included": n_seen if include_seen else 0,
+                  "summary": summary}
+    if not include_seen:
+        samples = [s for s, role in zip(samples, check.roles) if not role]
+    return samples, seen_check, seen_files
+
+
 def _infer(loaded: LoadedRun, samples: list[Sample], batch_size: int, engine: str, what: str,
            on_failed: Any, tta: str = "none") -> tuple[dict[str, Any], str]:
     """Softmax probabilities of ``samples`` (``predict_loader``'s result) with the chosen engine, and its name.
@@ -184,20 +216,26 @@ def _infer(loaded: LoadedRun, samples: list[Sample], batch_size: int, engine: st
 
 def evaluate(
     run: str | os.PathLike | LoadedRun, data: str | os.PathLike, out: str | os.PathLike | None = None, batch_size: int = 64,
-    engine: str = "auto", tta: str = "none",
+    engine: str = "auto", tta: str = "none", include_seen: bool = False,
 ) -> dict[str, Any]:
     """Metrics of a trained run on a labelled folder (whole folder, or its test/ else val/ split).
 
+    Images the run trained or selected on (matched by content with the run's ``seen.json``) are left out
+    and listed, unless ``include_seen``: scoring them measures memory, not generalisation.
+
     Writes ``evaluation.json`` into ``out`` (default: the run folder) and returns the same dict:
-    summary metrics, per-class precision/recall/F1, confusion matrix, calibration, and every file
-    that was not used with its reason (``skipped_files``).
+    summary metrics, per-class precision/recall/F1, confusion matrix, calibration, every file
+    that was not used with its reason (``skipped_files``), the seen-image check (``seen_check``: method,
+    counts and a ``summary`` sentence) and the images it found (``seen_files``: path and role).
 
     Raises:
-        DataError: the folder cannot be used (no images, classes the model does not know ...).
+        DataError: the folder cannot be used (no images, classes the model does not know, only images
+            the run trained or selected on without ``include_seen`` ...).
         CheckpointError: the run folder holds no loadable model.
     """
     loaded = run if isinstance(run, LoadedRun) else load_run(run)
     samples, skipped = _labelled_samples(loaded, data)
+    samples, seen_check, seen_files = _leave_out_seen(loaded, data, samples, include_seen)
     failed: list[tuple[str, str]] = []
     result, used = _infer(loaded, samples, batch_size, engine, "evaluation",
                           lambda items: failed.extend((samples[i].path, r) for i, r in items), tta)
@@ -209,6 +247,7 @@ def evaluate(
     report["engine"] = used
     report["tta"] = tta
     report["skipped_files"] = [{"path": p, "reason": r} for p, r in skipped + failed]
+    report["seen_check"], report["seen_files"] = seen_check, seen_files
     target = Path(out) if out else loaded.path
     write_json(target / "evaluation.json", report)
     rows = prediction_rows([s.path for s in samples], result["indices"], result["labels"], result["outputs"])

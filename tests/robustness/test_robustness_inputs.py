@@ -152,7 +152,7 @@ def test_predict_and_evaluate_on_messy_folder(messy: Path, tmp_path: Path) -> No
         preds = by_name[name]["predictions"]
         assert len(preds) == 2 and sum(p["probability"] for p in preds) <= 1.0 + 1e-6, name
 
-    report = tk.evaluate(run, messy, out=tmp_path / "eval")
+    report = tk.evaluate(run, messy, out=tmp_path / "eval", include_seen=True)  # every usable file, trained or not
     skipped = {row["path"]: row["reason"] for row in report["skipped_files"]}
     for name, reason in MESSY.items():
         if reason is not None:
@@ -166,7 +166,7 @@ def test_evaluate_reports_files_that_break_after_the_scan(tmp_path: Path, monkey
     run = tk.train(data, out=str(tmp_path / "run"), **RUN).run_dir
     monkeypatch.setattr(workflow, "validate", lambda scan, **_: scan)  # as if the files broke after the check
     (data / "a" / "a_000.jpg").write_bytes(b"")
-    report = tk.evaluate(run, data)
+    report = tk.evaluate(run, data, include_seen=True)  # the training images too
     assert report["n"] == 11
     assert report["skipped_files"] == [{"path": str(data / "a" / "a_000.jpg"), "reason": "empty file (0 bytes)"}]
 

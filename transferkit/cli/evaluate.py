@@ -20,13 +20,16 @@ def evaluate(
                                             "(2.4x PyTorch's compute in benchmarks/cpu_inference.py), PyTorch on a GPU."),
     tta: str = typer.Option("none", help="Test-time augmentation: none | flip (2 views) | flip-crops (ten crops: "
                                          "centre, corners and mirrors; 10x the compute). Probabilities are averaged."),
+    include_seen: bool = typer.Option(False, "--include-seen",
+                                      help="Also score images the run trained or selected on (matched by content); "
+                                           "by default they are left out and counted: their figures are biased."),
 ) -> None:
     """Metrics, per-class precision/recall/F1 and confusion matrix of a run on labelled data."""
 
     def go() -> dict[str, Any]:
         import transferkit.api as api
 
-        return api.evaluate(run, data, out=out, engine=engine, tta=tta)
+        return api.evaluate(run, data, out=out, engine=engine, tta=tta, include_seen=include_seen)
 
     report = guarded(go)
     from transferkit.data.balance import IMBALANCE_RATIO
@@ -36,6 +39,9 @@ def evaluate(
     support = [row["support"] for row in report["per_class"].values()]
     imbalanced = min(support) == 0 or max(support) / min(support) > IMBALANCE_RATIO  # of the evaluated images
     lead = "balanced_accuracy" if imbalanced else "accuracy"
+    seen = report.get("seen_check") or {}
+    if seen.get("summary"):  # images the run trained or selected on: left out, included, or not checkable
+        typer.echo(seen["summary"])
     typer.echo(f"{report['n']} images: {metrics_line(report['metrics'], report.get('ci95'), report['n'], lead)} "
                "(95% intervals: stratified bootstrap)")
     typer.echo(format_per_class(report))

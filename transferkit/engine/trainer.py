@@ -31,6 +31,7 @@ from transferkit.engine.l2sp import L2SP
 from transferkit.engine.loop import StepContext, pick_device, predict_loader, train_one_epoch
 from transferkit.engine.oom import oom_guard
 from transferkit.engine.progress import Reporter
+from transferkit.engine.seen import SEEN_FILE, seen_record
 from transferkit.engine.summary import run_summary
 from transferkit.errors import ConfigError, TransferKitError
 from transferkit.export.runfiles import record_in_head, save_model
@@ -209,6 +210,7 @@ class Trainer:
         write_text(run / "config.yaml", yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False))
         write_json(run / "classes.json", self.data.classes)
         write_json(run / "split.json", self.data.split_record())
+        write_json(run / SEEN_FILE, seen_record(self.data))  # evaluate leaves these images out, by content
         write_json(run / "plan.json", self.plan.to_dict())
         write_json(run / "backbone.json", self.spec.to_dict())
         factories = [h.factory for h in self.hooks if h.factory]

@@ -85,5 +85,5 @@ def test_run_with_mean_std_records_and_reloads_them(tiny_folder: Path, tmp_path:
     loaded = tk.load_run(out)  # what evaluate and predict use
     assert (loaded.spec.mean, loaded.spec.std) == (MEAN, STD)
     assert _normalize(eval_transform(loaded.spec)) == (MEAN, STD)
-    report = tk.evaluate(loaded, tiny_folder)
+    report = tk.evaluate(loaded, tiny_folder, include_seen=True)  # the training images too
     assert report["n"] == 36
