@@ -314,18 +314,18 @@ class Trainer:
         One metrics.jsonl line (numbered with the last epoch it replaces) and one checkpoint, so the
         plan's epoch count, resume and the later phases' learning-rate schedule (the step counter
         advances as if those epochs had run) are those of the epoch-wise run. The L2 strength is
-        chosen on the selection split by its log loss (see transferkit.features.probe.SELECT_BY); the
-        monitor that picks epochs is recorded for every candidate and breaks ties.
+        chosen by its held-out log loss (see transferkit.features.probe.SELECT_BY); the
+        monitor that picks epochs is recorded for every candidate and breaks ties. A selection split below
+        transferkit.features.probe.CV_BELOW images chooses by cross-validation over train + selection
+        instead (the fold scores go into head_fit); the line printed says which, and whether the fit converged.
         """
         state, done = self.state, self.cached.frozen_epochs
         apply_plan(self.model, self.index, self.optimizer, self.plan, epoch, toggle_requires_grad=not self.dist.enabled)
         tick = time.perf_counter()
         selection = self.data.selection  # the split that chooses (epoch, L2 strength); a test split never does
         fit = self.cached.fit_probe(selection, self._selection_score, self._probe_class_weight())
-        self.reporter.say(
-            f"head: converged linear probe (L-BFGS logistic regression on {fit.train_rows} standardised cached rows, "
-            f"l2 {fit.l2:.3g} chosen by log loss on the {fit.selected_on}) in place of {done - epoch} head-only epoch(s); "
-            "engine.epochs, optim.lr, label smoothing and dropout do not apply to it")
+        self.reporter.say(f"head: {fit.describe()} in place of {done - epoch} head-only epoch(s); "
+                          "engine.epochs, optim.lr, label smoothing and dropout do not apply to it")
         chosen = self._score_selection(cached=True)
         state.step += self.steps_per_epoch * (done - epoch)
         state.head_fit = {"method": "probe", "replaces_epochs": done - epoch, **fit.record()}

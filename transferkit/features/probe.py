@@ -136,6 +136,13 @@ class ProbeFit:
         """The chosen candidate's score (the caller's metric) on the selection split (or cross-validated on train)."""
         return next(c["score"] for c in self.grid if c["l2"] == self.l2 and c["scaling"] == self.scaling)
 
+    def describe(self) -> str:
+        """One line for the run: what was fitted, how its strength was chosen, and whether it converged."""
+        what = "converged linear probe" if self.converged else f"linear probe that {self.convergence_note}"
+        by = "log loss" if self.rule == "nll" else "score"
+        return (f"{what} (L-BFGS logistic regression on {self.train_rows} standardised rows, l2 {self.l2:.3g} "
+                f"chosen by {by} on the {self.selected_on})")
+
     def logits(self, features: np.ndarray | torch.Tensor) -> np.ndarray:
         x = np.asarray(features, dtype=np.float64)
         return x @ self.weight.T + self.bias
@@ -352,7 +359,8 @@ def fit_linear_probe(
     if holdout:
         where, final = f"selection split (n={n_sel})", fits[best]
     else:
-        pooled = f" + selection ({len(y) + n_sel} rows; the selection split has {n_sel} < {cv_below} images)" if n_sel else ""
+        pooled = (f" + selection ({len(y) + n_sel} rows, as the selection split has {n_sel} < {cv_below} images; "
+                  "refitted on train)") if n_sel else ""
         where = f"{used_folds}-fold cross-validation on train{pooled}"
         with threadpool_limits(1):
             final = _solve(data.x, y, l2, class_weight)  # refitted on the training rows alone

@@ -130,6 +130,9 @@ def _summary_section(run_dir: Path, summary: Mapping[str, Any], spec: BackboneSp
         ("training time", f"{_duration(summary.get('time_s'))} on {summary.get('device', '?')}"),
         ("run folder", str(run_dir.resolve())),
     ]
+    head = summary.get("head_fit") or {}
+    if head.get("method") == "probe":
+        pairs.insert(7, ("head", _probe_text(head)))
     metrics = (details or {}).get("metrics") or summary.get("metrics") or {}
     ece = {"test": ((details or {}).get("calibration") or {}).get("ece")}
     balance = summary.get("balance") or {}  # absent in runs written before the trainer recorded class balance
@@ -141,7 +144,21 @@ def _summary_section(run_dir: Path, summary: Mapping[str, Any], spec: BackboneSp
              observations_html(observations(ev, rows, balance))]
     if summary.get("interrupted"):
         parts.insert(0, note("This run was interrupted; the report shows the best epoch reached.", "warn"))
+    if head.get("method") == "probe" and head.get("converged") is False:
+        parts.insert(0, note(f"The linear probe {head.get('convergence') or 'did not converge'} (L-BFGS, l2 "
+                             f"{head.get('l2', 0):.3g}): its weights are the solver's last iterate.", "warn"))
     return "".join(parts)
+
+
+def _probe_text(head: Mapping[str, Any]) -> str:
+    """How the feature-extraction head was fitted: the probe's strength, what chose it, whether it converged."""
+    by = "log loss" if str(head.get("selected_by", "")).startswith("lowest held-out log loss") else "held-out score"
+    state = "converged" if head.get("converged", True) else (head.get("convergence") or "did not converge")
+    text = f"linear probe (L-BFGS), l2 {head.get('l2', 0):.3g} chosen by {by} on the {head.get('selected_on', '?')}; {state}"
+    folds = [c for c in head.get("grid") or [] if c.get("l2") == head.get("l2") and c.get("fold_nll")]
+    if folds:
+        text += " (fold log losses " + ", ".join(f"{v:.3f}" for v in folds[0]["fold_nll"]) + ")"
+    return text
 
 
 def _roles_text(summary: Mapping[str, Any], data: Mapping[str, Any]) -> str:
