@@ -75,8 +75,8 @@ def _require_class_folders(root: str, role: str, folder: str) -> None:
     what = f"it holds {images} image files directly" if images else "it is empty"
     raise DataError(
         f"{path!r} is read as the {role} split of {root!r} but has no class sub-folders ({what}); expected "
-        f"{os.path.join(path, '<class>', 'img.jpg')!r}, with the same class folder names in every split. If "
-        f"{folder!r} is a class name, rename the folder (a split name is never used as a class name)"
+        f"{os.path.join(path, '<class>', 'img.jpg')!r}, with the same class folder names in every split, or "
+        f"remove the folder. If {folder!r} is a class name, rename it (a split name is never used as a class name)"
     )
 
 
