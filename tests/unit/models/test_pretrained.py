@@ -104,8 +104,8 @@ def load_batch(files: list[Path], transform) -> torch.Tensor:
     return torch.stack(images).contiguous(memory_format=torch.channels_last)
 
 
-def top5_hit_rate(model, files: list[Path], targets: set[int], batch_size: int = 32):
-    transform = eval_transform(model, *HALF)
+def top5_hit_rate(model, files: list[Path], targets: set[int], batch_size: int = 32, normalisation=HALF):
+    transform = eval_transform(model, *normalisation)
     hits = 0
     with torch.inference_mode():
         for start in range(0, len(files), batch_size):
@@ -312,19 +312,29 @@ def test_first_bn_statistics_match_minus1_to_1_inputs(lite0):
     assert half["mean_abs_z"] < 0.5, msg  # measured ~0.18
 
 
+# The README quotes these counts ("145/153 ... 142/150"): the tests hold them, so a preprocessing regression
+# fails here. Measured with ImageNet mean/std instead of [-1, 1] (the regression test_first_bn_statistics_...
+# describes): 136/153 ants/bees and 135/150 daisies, both below the floors (measured once on the CPU; with
+# [-1, 1] exactly 145 and 142).
+README_ANTS_BEES = (145, 153)  # ant or bee in the top-5, of hymenoptera/val
+README_DAISIES = (142, 150)  # daisy in the top-5, of the first 150 flowers/daisy files
+
+
 def test_pretrained_lite0_recognises_ants_and_bees(lite0):
     files = image_files(dataset_dir("hymenoptera", "val"), "*/*")
-    assert files, "no images in hymenoptera/val"
+    floor, total = README_ANTS_BEES
+    assert len(files) == total, f"hymenoptera/val holds {len(files)} images; the README's figure is of {total}"
     targets = {imagenet_index("ant"), imagenet_index("bee")}
     assert targets == {310, 309}
     rate, hits = top5_hit_rate(lite0, files, targets)
-    assert rate >= 0.8, f"ant/bee in top-5 for {hits}/{len(files)} = {rate:.3f} of hymenoptera/val"
+    assert hits >= floor, f"ant/bee in top-5 for {hits}/{len(files)} = {rate:.3f} of hymenoptera/val; README: {floor}/{total}"
 
 
 def test_pretrained_lite0_recognises_daisies(lite0):
-    files = image_files(dataset_dir("flowers", "daisy"))[:150]
-    assert files, "no images in flowers/daisy"
+    floor, total = README_DAISIES
+    files = image_files(dataset_dir("flowers", "daisy"))[:total]
+    assert len(files) == total, f"flowers/daisy holds {len(files)} images; the README's figure is of {total}"
     daisy = imagenet_index("daisy")
     assert daisy == 985
     rate, hits = top5_hit_rate(lite0, files, {daisy})
-    assert rate >= 0.8, f"daisy in top-5 for {hits}/{len(files)} = {rate:.3f} of flowers/daisy[:150]"
+    assert hits >= floor, f"daisy in top-5 for {hits}/{len(files)} = {rate:.3f} of flowers/daisy[:150]; README: {floor}/{total}"
