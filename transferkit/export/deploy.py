@@ -3,6 +3,8 @@
 ``export_run`` writes the file, then proves it: on the run's test images (the split recorded in split.json)
 the exported model's logits must be within ``PARITY_TOL`` of PyTorch's and its top-1 identical on every image.
 The proof is printed and written beside the file (``<name>.parity.json``); a file that fails it is not kept.
+``--int8`` is accepted or refused on the selection split (:mod:`transferkit.export.int8`); its test figures
+are measured and recorded as the int8 model's own, and decide nothing.
 
 ``run_engine`` gives ``predict``/``evaluate`` an ONNX Runtime session for a run: the graph is exported once
 into ``<run>/onnx/`` (named by the weights' hash, so retrained weights never reuse a stale graph).
@@ -39,6 +41,7 @@ from transferkit.export.onnx import (
     resize_policy,
     uint8_pipeline,
 )
+from transferkit.export.int8 import decide, int8_metadata, quantise_static, write_metadata
 from transferkit.export.runfiles import MODEL_FILE, LoadedRun, load_run
 from transferkit.models.pretrained import file_sha256
 from transferkit.fileio import write_json
@@ -48,7 +51,7 @@ __all__ = ["FORMATS", "ENGINES", "PARITY_TOL", "INT8_MAX_DROP", "export_run", "r
 
 FORMATS = ("onnx", "torchscript")
 PARITY_TOL = 1e-4  # max |logit difference| of an fp32 export to PyTorch
-INT8_MAX_DROP = 0.01  # --int8 refuses (without --force) when test accuracy drops by more than this
+INT8_MAX_DROP = 0.01  # --int8 refuses (without --force) when selection-split accuracy drops by more than this
 ENGINE_DIR = "onnx"
 
 
@@ -151,9 +154,13 @@ def _decode_all(samples: Sequence[Sample], spec: Any, limit: int | None = None) 
     return np.concatenate(images), np.concatenate(labels)
 
 
+def _logits(run_exported: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    return np.concatenate([run_exported(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
 def _parity(run_exported: Callable[[np.ndarray], np.ndarray], reference: np.ndarray, images: np.ndarray,
-            labels: np.ndarray, batch_size: int = 64) -> dict[str, Any]:
-    logits = np.concatenate([run_exported(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+            labels: np.ndarray, batch_size: int = 64, logits: np.ndarray | None = None) -> dict[str, Any]:
+    logits = _logits(run_exported, images, batch_size) if logits is None else logits
     diff = np.abs(logits - reference)
     same = logits.argmax(1) == reference.argmax(1)
     return {
@@ -197,8 +204,9 @@ def export_run(
     """Export a run as ``fmt`` to ``out``, check parity on its test split, and return the record written beside it.
 
     ``int8``: ONNX Runtime static quantisation (QDQ, per-channel weights) calibrated on up to
-    ``calibration_images`` training images; the test-accuracy change and the speed ratio to fp32 are measured,
-    and the file is refused when accuracy drops by more than ``INT8_MAX_DROP`` unless ``force``.
+    ``calibration_images`` training images. It is refused when it costs more than ``INT8_MAX_DROP`` of the
+    selection split's accuracy, or when the run has no selection split, unless ``force``; the test-accuracy
+    change and the speed ratio to fp32 are then measured and recorded (the test split decides nothing).
     """
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r} is not supported; choose one of {', '.join(FORMATS)}")
@@ -248,17 +256,9 @@ def export_run(
                 "changes); nothing was written. Run with --debug and report it: it is a bug")
         say(f"parity on {parity['n']} test images: max |logit diff| {parity['max_abs_logit_diff']:.2e} "
             f"(tolerance {PARITY_TOL:g}), top-1 identical on all")
-        if int8:
-            record["int8"] = _quantise(run, staged, Path(tmp) / "int8.onnx", meta, images, labels, reference,
-                                       calibration_images, threads, say)
-            drop = record["int8"]["accuracy_drop"]
-            # in images, not floats: 0.93 - 0.92 > 0.01 is True in binary floating point
-            lost = round(drop * record["int8"]["n"])
-            if lost > INT8_MAX_DROP * record["int8"]["n"] + 1e-9 and not force:
-                raise TransferKitError(
-                    f"int8 quantisation costs {drop * 100:.1f} accuracy points on the test split "
-                    f"(> {INT8_MAX_DROP * 100:.0f}); nothing was written. Export fp32 (drop --int8), "
-                    "or pass --force to write it anyway")
+        if int8:  # refused (raises) on the selection split before the test split is scored
+            record["int8"] = _quantise(run, wrapper, staged, Path(tmp) / "int8.onnx", meta, (images, labels, reference),
+                                       calibration_images, threads, force, say)
             os.replace(Path(tmp) / "int8.onnx", staged)
         os.replace(staged, target)
     record["bytes"] = target.stat().st_size
@@ -271,43 +271,36 @@ def parity_file(target: Path) -> Path:
     return target.with_name(target.stem + ".parity.json")
 
 
-def _quantise(run: LoadedRun, fp32: Path, out: Path, meta: dict[str, Any], images: np.ndarray, labels: np.ndarray,
-              reference: np.ndarray, calibration_images: int, threads: int, say: Callable[[str], None]) -> dict[str, Any]:
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
+def _quantise(run: LoadedRun, wrapper: Preprocessed, fp32: Path, out: Path, meta: dict[str, Any],
+              test: tuple[np.ndarray, np.ndarray, np.ndarray], calibration_images: int, threads: int, force: bool,
+              say: Callable[[str], None]) -> dict[str, Any]:
+    """Quantise, accept or refuse on the selection split (:func:`transferkit.export.int8.decide`), then measure
+    the accepted model on the test split (``test``: images, labels, fp32 logits) and write those figures into
+    its metadata as its own."""
     train, _ = split_samples(run.path, "train")
     rng = np.random.default_rng(0)
     pick = sorted(rng.choice(len(train), size=min(calibration_images, len(train)), replace=False).tolist()) if train else []
     if not pick:
         raise DataError(f"{run.path}: no training images are left to calibrate int8 quantisation on")
     say(f"calibrating int8 on {len(pick)} training image(s) ...")
-    calib, _ = _decode_all([train[i] for i in pick], run.spec)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter([calib[i:i + 32] for i in range(0, len(calib), 32)])
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            batch = next(self.batches, None)
-            return None if batch is None else {"images": batch}
-
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    prepared = out.with_name("prepared.onnx")  # shape inference + graph clean-up, as ONNX Runtime advises
-    quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-    quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    model = onnx.load(str(out))  # keep the metadata (and say it is int8)
-    del model.metadata_props[:]
-    entry = model.metadata_props.add()
-    entry.key, entry.value = "transferkit", json.dumps({**meta, "precision": "int8 (ONNX Runtime static QDQ)"}, sort_keys=True)
-    onnx.save(model, str(out))
-    fp32_run, int8_run = _onnx_runner(fp32, threads), _onnx_runner(out, threads)
-    quality = _parity(int8_run, reference, images, labels)
-    fp32_speed, int8_speed = _timed(fp32_run, images), _timed(int8_run, images)
+    quantise_static(fp32, out, _decode_all([train[i] for i in pick], run.spec)[0])
+    int8_run = _onnx_runner(out, threads)
+    selection, _ = split_samples(run.path, "selection")
+    check = None
+    if selection:
+        say(f"checking int8 against fp32 on {len(selection)} selection image(s) ...")
+        sel_images, sel_labels = _decode_all(selection, run.spec)
+        check = _parity(int8_run, torch_logits(wrapper.net, run.spec, sel_images), sel_images, sel_labels)
+    decision = decide(check, INT8_MAX_DROP, force)
+    images, labels, reference = test
+    logits = _logits(int8_run, images)
+    quality = _parity(int8_run, reference, images, labels, logits=logits)  # reported; decides nothing
+    write_metadata(out, int8_metadata(meta, logits, labels, run.classes, run.temperature, decision))
+    fp32_speed, int8_speed = _timed(_onnx_runner(fp32, threads), images), _timed(_onnx_runner(out, threads), images)
     result = {
         "calibration_images": len(pick),
+        "decision": decision,
+        "measured_on": "the run's test split (reported; decides nothing)",
         "accuracy_fp32": quality["accuracy_torch"],
         "accuracy_int8": quality["accuracy_exported"],
         "accuracy_drop": quality["accuracy_torch"] - quality["accuracy_exported"],
@@ -319,7 +312,10 @@ def _quantise(run: LoadedRun, fp32: Path, out: Path, meta: dict[str, Any], image
         "threads": threads,
         "timing": "compute only, ONNX Runtime CPU, batch 32, best of 2 passes over the test images",
     }
-    say(f"int8: test accuracy {result['accuracy_int8']:.3f} vs fp32 {result['accuracy_fp32']:.3f} "
+    verdict = "accepted" if decision["accepted"] else "over the limit, written with --force,"
+    checked = (f"{verdict} on the selection split: accuracy {decision['accuracy_int8']:.3f} vs fp32 "
+               f"{decision['accuracy_fp32']:.3f} (n={decision['n']})" if check else "not checked (no selection split; --force)")
+    say(f"int8 {checked}; test accuracy {result['accuracy_int8']:.3f} vs fp32 {result['accuracy_fp32']:.3f} "
         f"(n={result['n']}), {result['speed_ratio']:.2f}x the fp32 speed ({int8_speed:.1f} vs {fp32_speed:.1f} images/s)")
     return result
 
