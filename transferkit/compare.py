@@ -136,8 +136,7 @@ def _check_existing_runs(data: str | Path, root: Path, settings: Mapping[str, Ma
             requested = _requested_config(data, strategy, seed, run_dir, keywords)
             differences = _config_differences(requested, run_dir / "config.yaml")
             if differences:
-                shown = "; ".join(f"{key} {_show(want)} requested, {_show(found)} found" for key, want, found in differences)
-                conflicts.setdefault(shown, []).append(str(run_dir))
+                conflicts.setdefault("; ".join(differences), []).append(str(run_dir))
     if conflicts:
         listed = " | ".join(f"{', '.join(folders)}: {shown}" for shown, folders in conflicts.items())
         count = sum(len(folders) for folders in conflicts.values())
@@ -162,17 +161,17 @@ def _requested_config(data: str | Path, strategy: str, seed: int, run_dir: Path,
     return config_to_dict(cfg)
 
 
-def _config_differences(requested: Mapping[str, Any], path: Path) -> list[tuple[str, Any, Any]]:
-    """(dotted key, requested, found) for every setting of ``requested`` that the config file at ``path`` differs in.
+def _config_differences(requested: Mapping[str, Any], path: Path) -> list[str]:
+    """"KEY REQUESTED requested, FOUND found" for every setting of ``requested`` the config file at ``path`` differs in.
 
-    A key the file lacks (a run from before that setting existed) is ``"not recorded"``: its value then is unknown.
+    A key the file lacks (a run from before that setting existed) is "not recorded": its value then is unknown.
     """
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         found = _flat(config_to_dict(config_from_dict(raw)))
-    except (yaml.YAMLError, ConfigError, AttributeError, TypeError) as exc:
-        return [("config.yaml", "a valid run config", f"unreadable ({str(exc).splitlines()[0]})")]
-    recorded = set(_flat(raw)) if isinstance(raw, dict) else set()
+    except (yaml.YAMLError, ConfigError, AttributeError, TypeError, ValueError) as exc:
+        return [f"its config.yaml cannot be read as a run config ({str(exc).splitlines()[0]})"]
+    recorded = set(_flat(raw))
     differences = []
     for key, want in _flat(requested).items():
         if key in _REUSE_IGNORES:
@@ -181,7 +180,7 @@ def _config_differences(requested: Mapping[str, Any], path: Path) -> list[tuple[
         if key == "data.path" and have != _NOT_RECORDED and _same_path(want, have):
             continue
         if want != have:
-            differences.append((key, want, have))
+            differences.append(f"{key} {_show(want)} requested, {_show(have)} found")
     return differences
 
 

@@ -154,3 +154,31 @@ def test_auto_is_compared_with_what_the_recommender_resolves_now(tmp_path: Path,
     assert "strategy.name" not in message and "engine.epochs" not in message
     assert {"engine.epochs", "strategy.name", "engine.seed", "data.split_seed", "data.path"} <= seen_explicit[0]
     assert calls == []
+
+
+def test_a_config_from_an_older_version_or_an_unreadable_one_is_refused_by_name(tmp_path: Path, calls: list):
+    data, out = tmp_path / "data", tmp_path / "cmp"
+    old, broken = out / "finetune" / "seed0", out / "finetune" / "seed1"
+    for seed, run in enumerate((old, broken)):
+        _write_run(run, data, "finetune", seed, epochs=1, **SMALL)
+    raw = yaml.safe_load((old / "config.yaml").read_text())
+    del raw["optim"]["class_weights"]  # a run from before the setting existed: what it did is unknown
+    (old / "config.yaml").write_text(yaml.safe_dump(raw))
+    (broken / "config.yaml").write_text("engine: {epochs: [1, 2]\n")
+    with pytest.raises(ConfigError) as info:
+        compare(data, ["finetune"], seeds=2, out=out, quiet=True, epochs=1, **SMALL)
+    message = str(info.value)
+    assert f"{old}: optim.class_weights 'auto' requested, not recorded found" in message
+    assert f"{broken}: its config.yaml cannot be read as a run config" in message
+    assert calls == []
+
+
+def test_the_same_data_folder_spelt_relative_is_the_same_setting(tmp_path: Path, calls: list,
+                                                                  monkeypatch: pytest.MonkeyPatch):
+    data, out = tmp_path / "data", tmp_path / "cmp"
+    _write_run(out / "finetune" / "seed0", data, "finetune", 0, epochs=1, **SMALL)
+    _write_run(out / "finetune" / "seed1", data, "finetune", 1, finished=False, epochs=1, **SMALL)  # trains next
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Stop):  # seed0 passed the check and is reused; seed1 (no checkpoint) trains
+        compare("data", ["finetune"], seeds=2, out="cmp", quiet=True, epochs=1, **SMALL)
+    assert calls == [("train", str(Path("cmp") / "finetune" / "seed1"))]
