@@ -31,9 +31,9 @@ def compare(
     and its paired verdict against the best row.
 
     Every strategy is scored on the same test images with the same seeds. Per row: the mean over seeds of the
-    lead metric (accuracy; balanced accuracy when the runs find the data imbalanced) with a 95% interval that
-    resamples seeds and test images, and, against the best row, the paired difference (same seed, same images)
-    with its 95% interval and a verdict: better, worse, or no clear difference when the interval holds 0.
+    lead metric (accuracy; balanced accuracy when the runs find the data imbalanced) with its 95% interval,
+    and, against the best row, the paired difference (same seed, same images) with a verdict: better, worse,
+    or no clear difference (the table's closing lines say how the intervals and verdicts are computed).
     Settings that differ between rows are listed under the table. Runs already in --out are reused (or
     resumed) only when they were trained with these settings; others are refused before anything trains.
     """
