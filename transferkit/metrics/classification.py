@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from sklearn import metrics as skm
 
-from transferkit.metrics.intervals import bootstrap_intervals, per_class_intervals
+from transferkit.metrics.intervals import METHODS, metric_intervals, per_class_intervals
 
 __all__ = ["summary_metrics", "detailed_metrics", "expected_calibration_error", "format_metric", "format_per_class"]
 
@@ -74,9 +74,10 @@ def detailed_metrics(labels: Sequence[int], probs: np.ndarray, classes: Sequence
     """Summary + per-class precision/recall/F1/support + confusion matrix + calibration.
 
     ``per_class[name]`` is ``{"precision", "recall", "f1", "support", "ci95"}``; ``ci95`` holds
-    ``{"precision": [low, high] | None, "recall": ..., "f1": ...}`` from the same stratified bootstrap as the
-    summary's ``ci95`` (1,000 resamples, seed 0). None: undefined (a class never predicted has no precision,
-    an absent class no recall), while the point value keeps scikit-learn's ``zero_division=0`` convention.
+    ``{"precision": [low, high] | None, "recall": ..., "f1": ...}``. None: undefined (a class never predicted
+    has no precision, an absent class no recall), while the point value keeps scikit-learn's
+    ``zero_division=0`` convention. ``ci_methods`` names each interval's method and ``ci_notes`` says where a
+    summary interval is missing or fell back (:mod:`transferkit.metrics.intervals`).
     """
     y = np.asarray(labels, dtype=np.int64)
     p = np.asarray(probs, dtype=np.float64)
@@ -85,7 +86,8 @@ def detailed_metrics(labels: Sequence[int], probs: np.ndarray, classes: Sequence
     precision, recall, f1, support = skm.precision_recall_fscore_support(
         y, pred, labels=list(range(n)), zero_division=0
     )
-    intervals = per_class_intervals(y, p, n, n_resamples=1000, seed=0)
+    intervals = per_class_intervals(y, p, n)
+    summary_ci, notes = metric_intervals(y, p, n, n_resamples=1000, seed=0)
     per_class = {
         c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i]),
             "ci95": intervals[i]}
@@ -93,8 +95,9 @@ def detailed_metrics(labels: Sequence[int], probs: np.ndarray, classes: Sequence
     }
     return {
         "metrics": summary_metrics(y, p, n),
-        # stratified bootstrap, 1,000 resamples, seed 0 (transferkit.metrics.intervals)
-        "ci95": bootstrap_intervals(y, p, n, n_resamples=1000, seed=0),
+        "ci95": summary_ci,
+        "ci_methods": dict(METHODS),
+        "ci_notes": notes,
         "per_class": per_class,
         "confusion_matrix": skm.confusion_matrix(y, pred, labels=list(range(n))).tolist(),
         "classes": list(classes),

@@ -1,4 +1,5 @@
-"""Bootstrap intervals and paired differences: right point values, class counts kept, honest coverage."""
+"""Intervals of test figures: right point values, class counts kept in resamples, seeds as their own level.
+(Coverage in the hard regimes: test_interval_coverage.py; paired verdicts: test_paired.py.)"""
 
 from __future__ import annotations
 
@@ -9,11 +10,10 @@ from conftest import probs_with_argmax
 from transferkit.metrics.classification import summary_metrics
 from transferkit.metrics.intervals import (
     bootstrap_intervals,
-    paired_difference,
+    metric_intervals,
     resampled_metrics,
     seed_image_interval,
     stratified_resamples,
-    verdict,
 )
 
 
@@ -55,49 +55,32 @@ def test_intervals_are_seeded_and_contain_the_point_value():
     assert 0.08 < hi - lo < 0.14  # about 2 x 1.96 x sqrt(0.8 x 0.2 / 200) = 0.11
 
 
-def test_nominal_95_interval_covers_the_true_accuracy_at_least_90_percent_of_the_time():
-    # EVALUATION.md's coverage check: labels/predictions drawn with a known accuracy, 200 draws
-    rng = np.random.default_rng(123)
-    truth, n, covered = 0.85, 150, 0
-    for draw in range(200):
-        y = rng.integers(0, 2, n)
-        pred = np.where(rng.random(n) < truth, y, 1 - y)
-        lo, hi = bootstrap_intervals(y, _probs_from(pred, 2, rng), 2, n_resamples=1000, seed=draw,
-                                     metrics=("accuracy",))["accuracy"]
-        covered += lo <= truth <= hi
-    assert covered / 200 >= 0.90, covered / 200
-
-
-def test_paired_difference_verdicts():
-    rng = np.random.default_rng(5)
-    y = rng.integers(0, 2, 400)
-    seeds_a, seeds_b, seeds_c = [], [], []
-    for _ in range(3):
-        right_b = rng.random(400) < 0.75
-        right_a = right_b | (rng.random(400) < 0.6)  # a is right wherever b is, and on most of the rest
-        seeds_a.append(_probs_from(np.where(right_a, y, 1 - y), 2, rng))
-        seeds_b.append(_probs_from(np.where(right_b, y, 1 - y), 2, rng))
-        seeds_c.append(seeds_b[-1].copy())
-    better = paired_difference(y, seeds_a, seeds_b, 2)
-    assert better["verdict"] == "better" and better["difference"] > 0.1 and better["ci95"][0] > 0
-    assert paired_difference(y, seeds_b, seeds_a, 2)["verdict"] == "worse"
-    same = paired_difference(y, seeds_b, seeds_c, 2)
-    assert same["difference"] == 0 and same["verdict"] == "no clear difference"
-    assert verdict(None) == "no clear difference" and verdict([-0.01, 0.02]) == "no clear difference"
-
-
-def test_seed_image_interval_of_one_run_matches_the_image_bootstrap_and_widens_with_seed_spread():
+def test_seed_image_interval_lists_every_seed_and_counts_distinct_models():
     rng = np.random.default_rng(9)
     y = rng.integers(0, 2, 300)
     run = _probs_from(np.where(rng.random(300) < 0.8, y, 1 - y), 2, rng)
-    one = seed_image_interval(y, [run], 2, n_resamples=1000, seed=4)
+    one = seed_image_interval(y, [run], 2)
     assert one["mean"] == pytest.approx(summary_metrics(y, run, 2)["accuracy"])
-    lo, hi = one["ci95"]
-    ref_lo, ref_hi = bootstrap_intervals(y, run, 2, n_resamples=1000, seed=4, metrics=("accuracy",))["accuracy"]
-    assert (lo, hi) == pytest.approx((ref_lo, ref_hi), abs=0.02)
+    assert one["ci95"] == pytest.approx(bootstrap_intervals(y, run, 2, metrics=("accuracy",))["accuracy"])
+    same = seed_image_interval(y, [run, run.copy(), run.copy()], 2)  # a deterministic method: one model, 3 seeds
+    assert same["distinct_models"] == 1 and same["n_seeds"] == 3 and same["ci95"] == one["ci95"]
     worse = _probs_from(np.where(rng.random(300) < 0.6, y, 1 - y), 2, rng)
-    spread = seed_image_interval(y, [run, worse], 2, n_resamples=1000, seed=4)["ci95"]
-    assert spread[1] - spread[0] > hi - lo  # disagreeing seeds add their own uncertainty
+    spread = seed_image_interval(y, [run, worse], 2)
+    assert spread["distinct_models"] == 2 and spread["per_seed"] == pytest.approx(
+        [summary_metrics(y, r, 2)["accuracy"] for r in (run, worse)])
+    assert spread["ci95"][0] <= spread["mean"] <= spread["ci95"][1]
+    balanced = seed_image_interval(y, [run, worse], 2, "balanced_accuracy")
+    assert balanced["ci95"][0] <= balanced["mean"] <= balanced["ci95"][1]
+
+
+def test_the_method_of_every_interval_is_named_and_degenerate_bootstraps_say_why():
+    y = np.r_[np.zeros(30, int), np.ones(20, int)]
+    perfect = np.eye(2)[y] * 0.9 + 0.05
+    intervals, notes = metric_intervals(y, perfect, 2)
+    assert intervals["accuracy"][1] == 1.0 and intervals["accuracy"][0] < 0.95  # never [1.000, 1.000]
+    assert intervals["balanced_accuracy"][0] < 0.95 and intervals["macro_f1"][0] < 0.95
+    assert intervals["roc_auc"] is None and "cannot bound" in notes["roc_auc"]  # said, not silently [1, 1]
+    assert "Bonferroni" in notes["macro_f1"]
 
 
 def test_every_printed_metric_carries_its_interval_and_n(tiny_split_folder, tmp_path):
