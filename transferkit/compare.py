@@ -1,14 +1,15 @@
 """Side-by-side comparison of strategies over several seeds, on one fixed split, with paired verdicts.
 
 What is and is not a difference: every strategy is scored on the same test images with the same seeds.
-For each strategy the table gives its mean over seeds with a 95% interval from a two-level bootstrap
-(seeds resampled with replacement, and test images resampled within each class); against the best
-strategy (highest mean) it gives the paired difference (same seed, same images) with its 95% interval,
-and a verdict: "better"/"worse" when the interval excludes 0, else "no clear difference"
-(``transferkit.metrics.intervals``; Bouthillier et al. 2021). The best was itself chosen on these numbers,
-so a "no clear difference" beside it is the honest reading, and several "worse" verdicts are several
-simultaneous claims (Holm's correction would widen each interval). The table also lists every setting that
-differs between rows besides the strategy (from each run's config.yaml, and the resolved BatchNorm policy).
+For each strategy the table gives its mean over seeds with a 95% interval over the test images
+(Clopper-Pearson on per-image scores averaged over seeds; MOVER for balanced accuracy), every seed's value
+and how many distinct models the seeds gave (a converged probe on fixed embeddings is one model whatever the
+seed). Against the best strategy (highest mean) it gives the paired difference (same seed, same images) and
+a verdict from an exact paired test on the per-image differences, Holm-adjusted over every pair of rows
+(the best was chosen on these numbers, so only a family of all pairs keeps the verdicts honest), which
+also needs every seed to agree in direction (:mod:`transferkit.metrics.paired`). The table also lists every
+setting that differs between rows besides the strategy (from each run's config.yaml, and the resolved
+BatchNorm policy).
 
 A run folder already in the output folder is reused (or resumed) only when its config.yaml is the config the
 call asks for; a folder of other settings is refused before anything trains, naming what differs.
@@ -268,10 +269,13 @@ def lead_metric(result: Mapping[str, Any]) -> str:
 
 
 def paired_verdicts(result: Mapping[str, Any], metric: str = "accuracy", n_resamples: int = 2000) -> dict[str, Any]:
-    """Per strategy: mean ``metric`` with a seed+image interval, and the paired difference to the best strategy."""
+    """Per strategy: mean ``metric`` with its interval over the test images, every seed's value and the distinct
+    models among them; against the best strategy: the paired difference, the exact test's p (raw and
+    Holm-adjusted over every pair of rows) and the verdict (:mod:`transferkit.metrics.paired`)."""
     import numpy as np
 
-    from transferkit.metrics.intervals import paired_difference, seed_image_interval
+    from transferkit.metrics.intervals import seed_image_interval
+    from transferkit.metrics.paired import ALPHA, verdicts_against_best
 
     loaded = {name: [_predictions(Path(d)) for d in row["run_dirs"]] for name, row in result["strategies"].items()}
     reference = next(iter(loaded.values()))[0]
@@ -285,15 +289,24 @@ def paired_verdicts(result: Mapping[str, Any], metric: str = "accuracy", n_resam
     probs = {name: [run[3] for run in runs] for name, runs in loaded.items()}
     means = {name: seed_image_interval(labels, runs, n_classes, metric, n_resamples) for name, runs in probs.items()}
     best = max(means, key=lambda name: -math.inf if means[name]["mean"] is None else means[name]["mean"])
+    paired = {name: runs for name, runs in probs.items() if len(runs) == len(probs[best])}  # pairs need equal seeds
+    tests = verdicts_against_best(labels, paired, best, n_classes, metric, n_resamples=n_resamples)
     rows = {}
     for name in probs:
-        row = {"mean": means[name]["mean"], "ci95": means[name]["ci95"]}
-        if name != best and len(probs[name]) == len(probs[best]):
-            diff = paired_difference(labels, probs[name], probs[best], n_classes, metric, n_resamples)
-            row.update({"vs_best": diff["difference"], "vs_best_ci95": diff["ci95"], "verdict": diff["verdict"]})
+        m = means[name]
+        row = {"mean": m["mean"], "ci95": m["ci95"], "per_seed": m["per_seed"], "n_seeds": m["n_seeds"],
+               "distinct_models": m["distinct_models"]}
+        if name in tests:
+            t = tests[name]
+            row.update({"vs_best": t["difference"], "vs_best_ci95": t["ci95"], "vs_best_per_seed": t["per_seed"],
+                        "p_value": t["p_value"], "p_holm": t["p_holm"], "seeds_agree": t["seeds_agree"],
+                        "verdict": t["verdict"]})
         rows[name] = row
+    any_test = next(iter(tests.values()), {})
     return {"metric": metric, "split": reference[0], "n_images": int(len(labels)), "n_seeds": len(probs[best]),
-            "best": best, "n_resamples": n_resamples, "strategies": rows}
+            "best": best, "n_resamples": n_resamples, "interval": means[best].get("method"), "alpha": ALPHA,
+            "test": any_test.get("test", "exact sign-flip permutation test"), "family": any_test.get("family", ""),
+            "strategies": rows}
 
 
 def _write_html(root: Path, result: dict[str, Any]) -> None:
@@ -304,61 +317,8 @@ def _write_html(root: Path, result: dict[str, Any]) -> None:
         builder(root, result)
 
 
-def _fmt(mean: float | None, std: float | None, digits: int = 4) -> str:
-    if mean is None:
-        return "n/a"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-def _interval(values: Sequence[float] | None, digits: int = 3) -> str:
-    return "n/a" if values is None else f"[{values[0]:.{digits}f}, {values[1]:.{digits}f}]"
-
-
-def _verdict_cells(verdicts: Mapping[str, Any] | None, name: str) -> list[str]:
-    if not verdicts:
-        return []
-    row = verdicts["strategies"].get(name, {})
-    if name == verdicts["best"]:
-        return [f"{row['mean']:.3f} {_interval(row['ci95'])}", "best", "–"]
-    if "vs_best" not in row:
-        return [f"{row['mean']:.3f} {_interval(row['ci95'])}", "n/a", "n/a"]
-    return [f"{row['mean']:.3f} {_interval(row['ci95'])}", f"{row['vs_best']:+.3f} {_interval(row['vs_best_ci95'])}",
-            row["verdict"]]
-
-
 def comparison_table(result: dict[str, Any]) -> str:
-    """Markdown: mean ± std over seeds per strategy and, where computed, the interval and the paired verdict."""
-    verdicts = result.get("verdicts")
-    bn = (result.get("differences") or {}).get("batchnorm (resolved)")
-    head = ["strategy"]
-    if verdicts:
-        metric = verdicts["metric"]
-        head += [f"{metric}, mean [95% CI]", "vs best: paired diff [95% CI]", "verdict"]
-    head += ["accuracy ± std", "balanced acc. ± std", "macro-F1 ± std", "ROC-AUC ± std"]
-    head += (["BN"] if bn else []) + ["epochs run", "selected epoch per seed", "wall time (s)", "trainable params"]
-    where = (f"{verdicts['n_images']} {verdicts['split']} images, {verdicts['n_seeds']} seed(s)" if verdicts
-             else f"{result['seeds']} seed(s)")
-    lines = [f"Data: `{result['data']}`, {where}, same split (split seed 0). Every figure is on the test split, "
-             "which chose nothing; the epoch was chosen on the selection split.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, row in result["strategies"].items():
-        m, s = row["mean"], row["std"]
-        trainable = f"{row['trainable']:,} ({100 * row['trainable'] / row['total']:.2f}%)"
-        cells = [name] + _verdict_cells(verdicts, name) + [
-            _fmt(m["accuracy"], s["accuracy"]), _fmt(m["balanced_accuracy"], s["balanced_accuracy"]),
-            _fmt(m["macro_f1"], s["macro_f1"]), _fmt(m["roc_auc"], s["roc_auc"])]
-        chosen = ", ".join(str(e) for e in row.get("selected_epochs") or []) or "n/a"
-        cells += ([str(bn.get(name))] if bn else []) + [f"{m['epochs']:.1f}", chosen, _fmt(m["time_s"], s["time_s"], 0), trainable]
-        lines.append("| " + " | ".join(cells) + " |")
-    differences = result.get("differences") or {}
-    if differences:
-        lines += ["", "Settings that differ between rows besides the strategy: "
-                  + "; ".join(f"{k}: " + ", ".join(f"{n} {v}" for n, v in values.items()) for k, values in differences.items())
-                  + "."]
-    elif "differences" in result:
-        lines += ["", "No setting differs between rows besides the strategy."]
-    if verdicts:
-        lines += ["", f"Intervals: {verdicts['n_resamples']} bootstrap replicates resampling seeds and, within each class, "
-                  f"test images; the verdict reads the paired difference to the best row (chosen on these same numbers, "
-                  f"so 'no clear difference' is the honest reading of a close second)."]
-    return "\n".join(lines) + "\n"
+    """The markdown table of a comparison (:func:`transferkit.report.comparison_md.comparison_table`)."""
+    from transferkit.report.comparison_md import comparison_table as table
+
+    return table(result)

@@ -161,6 +161,29 @@ def test_comparison_report_has_table_bars_and_curves(tmp_path: Path):
     assert CliRunner().invoke(app, ["report", str(tmp_path)]).exit_code == 0 and target.is_file()
 
 
+def test_comparison_report_on_imbalanced_data_leads_with_the_metric_its_verdicts_use(tmp_path: Path):
+    """On imbalanced data the verdicts compare balanced accuracy: the headline must name that leader, not the
+    accuracy leader, and the chart must not claim that overlapping whiskers mean "within noise"."""
+    strategies = {}
+    for name, accuracy in (("feature-extraction", 0.93), ("lp-ft", 0.90)):  # fe leads on accuracy only
+        strategies[name] = {"runs": [{"metrics": {"accuracy": accuracy, "balanced_accuracy": 0.6 if name == "feature-extraction" else 0.8,
+                                                  "macro_f1": 0.6, "roc_auc": 0.9}, "epochs_run": 3, "time_s": 1.0,
+                                      "params": {"trainable": 10, "total": 10}}] * 2,
+                            "run_dirs": [], "mean": {"accuracy": accuracy, "epochs": 3.0, "time_s": 1.0},
+                            "std": {"accuracy": 0.0, "epochs": 0.0, "time_s": 0.0}, "trainable": 10, "total": 10}
+    verdicts = {"metric": "balanced_accuracy", "split": "test", "n_images": 120, "n_seeds": 2, "best": "lp-ft",
+                "test": "exact sign-flip permutation test", "family": "all 1 pairs of 2 rows",
+                "strategies": {"lp-ft": {"mean": 0.8, "ci95": [0.7, 0.88], "distinct_models": 2, "n_seeds": 2},
+                               "feature-extraction": {"mean": 0.6, "ci95": [0.5, 0.7], "distinct_models": 1, "n_seeds": 2,
+                                                      "vs_best": -0.2, "p_value": 0.001, "p_holm": 0.001, "verdict": "worse"}}}
+    target = build_comparison_report(tmp_path, {"data": "x/data", "seeds": 2, "strategies": strategies, "verdicts": verdicts})
+    text = target.read_text(encoding="utf-8")
+    assert "Highest mean test balanced acc.: <b>lp-ft</b>" in text and "Worse than it: feature-extraction" in text
+    assert "Highest mean test accuracy" not in text
+    assert "1 of 2" in text  # feature extraction: one distinct model for two seeds
+    assert "whiskers overlap, the difference is within" not in text and "not whether whiskers overlap" in text
+
+
 # --- Grad-CAM ---------------------------------------------------------------------------------------------
 
 
