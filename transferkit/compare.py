@@ -6,8 +6,9 @@ For each strategy the table gives its mean over seeds with a 95% interval over t
 and how many distinct models the seeds gave (a converged probe on fixed embeddings is one model whatever the
 seed). Against the best strategy (highest mean) it gives the paired difference (same seed, same images) and
 a verdict from an exact paired test on the per-image differences, Holm-adjusted over every pair of rows
-(the best was chosen on these numbers, so only a family of all pairs keeps the verdicts honest), which
-also needs every seed to agree in direction (:mod:`transferkit.metrics.paired`). The table also lists every
+(the best was chosen on these numbers, so only a family of all pairs keeps the verdicts honest); where seeds
+give different models the difference must also stand out against the seeds' own spread, and every seed must
+agree in direction (:mod:`transferkit.metrics.paired`). The table also lists every
 setting that differs between rows besides the strategy (from each run's config.yaml, and the resolved
 BatchNorm policy).
 
@@ -299,7 +300,8 @@ def paired_verdicts(result: Mapping[str, Any], metric: str = "accuracy", n_resam
         if name in tests:
             t = tests[name]
             row.update({"vs_best": t["difference"], "vs_best_ci95": t["ci95"], "vs_best_per_seed": t["per_seed"],
-                        "p_value": t["p_value"], "p_holm": t["p_holm"], "seeds_agree": t["seeds_agree"],
+                        "p_value": t["p_value"], "p_holm": t["p_holm"], "p_seed": t["p_seed"],
+                        "p_seed_holm": t["p_seed_holm"], "seed_df": t["seed_df"], "seeds_agree": t["seeds_agree"],
                         "verdict": t["verdict"]})
         rows[name] = row
     any_test = next(iter(tests.values()), {})

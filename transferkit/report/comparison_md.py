@@ -36,6 +36,8 @@ def _verdict_cells(verdicts: Mapping[str, Any] | None, name: str) -> list[str]:
     if "vs_best" not in row:
         return [mean, _models(row), "n/a", "n/a", "not compared (another number of seeds)"]
     p = f"{row['p_value']:.3g} / {row['p_holm']:.3g}" if "p_holm" in row else "n/a"
+    if row.get("p_seed_holm") is not None:
+        p += f"; seeds {row['p_seed_holm']:.3g}"
     return [mean, _models(row), f"{row['vs_best']:+.3f} {_interval(row['vs_best_ci95'])}", p, row["verdict"]]
 
 
@@ -46,7 +48,9 @@ def _footnote(verdicts: Mapping[str, Any]) -> str:
     return (f"Interval of a row: {verdicts.get('interval') or 'over the test images'}. Models: distinct models among the "
             "seeds (a deterministic method gives one model whatever the seed). Verdict against the best row: "
             f"{verdicts.get('test', 'an exact paired test')}, Holm-adjusted over {verdicts.get('family') or 'every pair of rows'} "
-            f"(p / Holm p in the table; alpha {verdicts.get('alpha', 0.05)}), and every seed must agree in direction. The best "
+            f"(p / Holm p in the table; alpha {verdicts.get('alpha', 0.05)}); where a row's seeds gave several models, the "
+            "mean per-seed difference must also stand out against the seeds' own spread (a t test on the pooled "
+            "between-seed variance, Holm-adjusted: 'seeds' in the table), and every seed must agree in direction. The best "
             "row was chosen on these same numbers, so 'no clear difference' is the honest reading of a close second; the "
             f"interval of a difference ({verdicts['n_resamples']} bootstrap replicates over seeds and images) describes its "
             "spread and is not the test.")
