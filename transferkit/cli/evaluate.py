@@ -43,7 +43,7 @@ def evaluate(
     if seen.get("summary"):  # images the run trained or selected on: left out, included, or not checkable
         typer.echo(seen["summary"])
     typer.echo(f"{report['n']} images: {metrics_line(report['metrics'], report.get('ci95'), report['n'], lead)} "
-               "(95% intervals: stratified bootstrap)")
+               "(95% intervals: Clopper-Pearson; balanced accuracy MOVER)")
     typer.echo(format_per_class(report))
     width = max(len(c) for c in report["classes"])
     typer.echo("confusion matrix normalised by true class (rows: true, columns: predicted; the diagonal is recall):")

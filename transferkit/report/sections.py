@@ -118,10 +118,10 @@ def per_class_section(ev: Evidence) -> str:
     caption = ("Precision: of the images predicted as the class, the fraction that are. "
                "Recall: of the images of the class, the fraction found.")
     if intervals:
-        caption += (" Each figure has its 95% interval [low, high] from a stratified bootstrap of the test images "
-                    "(1,000 resamples): the fewer images a class has (support), the wider its interval. A figure "
-                    "without an interval is undefined in most resamples (precision of a class the model rarely or "
-                    "never predicts; n/a: no test images of the class).")
+        caption += (" Each figure has its 95% interval [low, high]: Clopper-Pearson for precision and recall (exact "
+                    "binomial), and for F1 the harmonic means of their limits at 97.5% each. The fewer images a "
+                    "class has (support), the wider its interval. A figure without an interval is undefined "
+                    "(precision of a class the model never predicts; n/a: no test images of the class).")
     return table(["class", "precision", "recall", "F1", "support", "most often mistaken for"], rows, numeric=(1, 2, 3, 4),
                  caption=caption)
 

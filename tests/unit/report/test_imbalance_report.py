@@ -117,7 +117,7 @@ def test_per_class_table_shows_intervals_and_support_in_class_order(imbalanced_r
     cells = re.findall(r"<td[^>]*>(.*?)</td>", rows[2])
     assert cells[2] == format_metric(rare["recall"], rare["ci95"]["recall"], 2) and cells[4] == "10"
     assert "lowest recall" in rows[2] and "lowest recall" not in rows[0] + rows[1]
-    assert "stratified bootstrap" in part
+    assert "Clopper-Pearson" in part
 
 
 def test_confusion_section_shows_the_normalised_matrix_first(imbalanced_report: tuple[Path, str]):
