@@ -33,6 +33,8 @@ import transferkit as tk
 from transferkit.compare import comparison_table
 from transferkit.fileio import portable_paths, write_json, write_text
 
+from provenance import provenance, test_outcomes  # benchmarks/provenance.py (the script's folder is on sys.path)
+
 HERE = Path(__file__).resolve().parent
 ROOT = Path(os.environ.get("TRANSFERKIT_DATASETS") or HERE.parents[1] / "shared" / "datasets")
 PATH_ROOTS = {"$TRANSFERKIT_DATASETS": ROOT, "": HERE.parent}
@@ -69,6 +71,8 @@ def main() -> None:
             "minutes": round((time.perf_counter() - tick) / 60, 1), "load_avg_1min_before": round(load, 2),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, no GPU",
             "table": comparison_table(result),
+            "test_outcomes": test_outcomes(result),
+            "provenance": provenance(__file__),
         }, PATH_ROOTS)
         write_json(out_json, results)
     write_markdown(results)

@@ -24,8 +24,9 @@ Protocol (every setting is fixed before any target label is read, or tuned on a 
   Deep CORAL and DANN with the chosen settings, each continuing from its seed's source-only baseline.
 - Stage 3, test: ``mnistm/test`` is read once, after every setting is final, by
   :func:`transferkit.adapt.results.score_run` on the final runs only. Each figure: the mean over seeds with a
-  95 % seed-and-image bootstrap interval (:func:`seed_image_interval`); each method gets a paired verdict
-  against the source-only baseline it starts from (:func:`paired_difference`: same seeds, same images).
+  95 % Clopper-Pearson interval on the per-image scores averaged over seeds (:func:`seed_image_interval`);
+  each method gets a paired verdict against the source-only baseline it starts from (same seeds, same images;
+  :func:`transferkit.metrics.paired.paired_test`, Holm over the family of comparisons).
 Finished runs under --runs are reused, so an interrupted benchmark continues.
 Writes benchmarks/results/adapt_mnistm.md and adapt_mnistm.json (no absolute paths).
 """
@@ -50,7 +51,10 @@ from transferkit.adapt import adapt
 from transferkit.adapt.results import SOURCE_ONLY_PREDICTIONS_FILE, score_run
 from transferkit.data.decode import IMAGE_EXTENSIONS
 from transferkit.fileio import portable_paths, write_json
-from transferkit.metrics.intervals import bootstrap_intervals, paired_difference, seed_image_interval
+from transferkit.metrics.intervals import bootstrap_intervals, seed_image_interval
+from transferkit.metrics.paired import decide, holm, paired_test
+
+from provenance import provenance  # benchmarks/provenance.py (the script's folder is on sys.path)
 
 HERE = Path(__file__).resolve().parent
 DATASETS = Path(os.environ.get("TRANSFERKIT_DATASETS") or HERE.parents[1] / "shared" / "datasets")
@@ -207,17 +211,24 @@ def score_test(runs: Path, seeds: list[int], spec: dict[str, tuple[str, str, str
         if baseline is not None and run != spec[baseline][0]:
             assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(
                 [scored[(seed, run)]["source_only"]["probs"] for seed in seeds], probs[baseline])), row
+    # the family: every method against its own source-only baseline, and BN frozen against BN train; each an exact
+    # paired test (transferkit.metrics.paired), Holm over the family, every seed agreeing in direction
+    pairs = {row: (row, baseline) for row, (_, _, baseline) in spec.items() if baseline is not None}
+    pairs["bn frozen - train"] = ("source-only (BN frozen)", "source-only (BN train)")
+    tests = {key: paired_test(labels, probs[a], probs[b], n_classes, n_resamples=N_RESAMPLES) for key, (a, b) in pairs.items()}
+    adjusted = holm({key: t["p_value"] for key, t in tests.items()})
+    judged = {key: {**t, "p_holm": adjusted[key], "verdict": decide(t, adjusted[key]),
+                    "family": f"{len(tests)} comparisons (each method with its baseline, BN frozen with BN train)"}
+              for key, t in tests.items()}
     out: dict[str, Any] = {}
     for row, (run, side, baseline) in spec.items():
         interval = seed_image_interval(labels, probs[row], n_classes, n_resamples=N_RESAMPLES)
         per_seed = [float(np.mean(p.argmax(1) == np.asarray(labels))) for p in probs[row]]
         entry: dict[str, Any] = {"run": run, "model": side, "starts_from": baseline,
                                  "target_test": {**interval, "per_seed": dict(zip(map(str, seeds), per_seed))}}
-        entry["vs_baseline"] = None if baseline is None else {
-            "baseline": baseline, **paired_difference(labels, probs[row], probs[baseline], n_classes, n_resamples=N_RESAMPLES)}
+        entry["vs_baseline"] = None if baseline is None else {"baseline": baseline, **judged[row]}
         out[row] = entry
-    bn_gap = paired_difference(labels, probs["source-only (BN frozen)"], probs["source-only (BN train)"], n_classes,
-                               n_resamples=N_RESAMPLES)
+    bn_gap = judged["bn frozen - train"]
     return {"rows": out, "bn_frozen_minus_train": bn_gap, "n_images": len(labels)}
 
 
@@ -281,9 +292,10 @@ def markdown(r: dict[str, Any]) -> str:
     gap = r["test"]["bn_frozen_minus_train"]
     lines += [
         "",
-        f"Intervals: seed-and-image bootstrap ({N_RESAMPLES} resamples: seeds resampled, then the test images, "
-        "stratified); differences paired (same seeds, same test images); the verdict reads the interval of the "
-        "difference (above 0 better, below 0 worse, else no clear difference).",
+        "Intervals: accuracy, Clopper-Pearson on the per-image scores averaged over the seeds; differences paired "
+        f"(same seeds, same test images) with a seed-and-image bootstrap interval ({N_RESAMPLES} resamples) for "
+        "display. Verdicts: an exact sign-flip test on the per-image differences, Holm-adjusted over the family "
+        "of comparisons (each method with its baseline, BN frozen with BN train), every seed agreeing in direction.",
         "",
         "Read from the numbers above:",
     ]
@@ -359,6 +371,7 @@ def main() -> None:
     roles = first["protocol"]
     result = {
         "command": command,
+        "provenance": provenance(__file__),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": args.threads,
                     "torch": torch.__version__, "load_avg_1min_start": round(load_start, 2),
                     "load_avg_1min_end": round(os.getloadavg()[0], 2), "note": args.machine_note},

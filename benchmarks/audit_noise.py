@@ -223,6 +223,9 @@ def main() -> None:
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    from provenance import provenance  # benchmarks/provenance.py (the script's folder is on sys.path)
+
+    result["provenance"] = provenance(__file__)
     result = portable_paths(result, {"$TRANSFERKIT_DATASETS": ROOT, "": HERE.parent, "$WORK": work})
     write_json(Path(args.out), result)
     Path(args.out).with_suffix(".md").write_text(markdown(result), encoding="utf-8")

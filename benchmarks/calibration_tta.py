@@ -23,10 +23,12 @@ Runs (one seed each, seed 0, split seed 0, efficientnet_lite0, lr 1e-3, batch 32
    nothing) predicted by the run's ONNX graph (engine onnx, the CPU default) with tta none, flip (2 views)
    and flip-crops (10 views: centre and corner crops of the resized image and their mirrors); the views'
    probabilities, at the run's calibration temperature, are averaged. Accuracy and balanced accuracy with
-   stratified bootstrap 95% intervals (1,000 resamples, seed 0, transferkit.metrics.intervals), NLL with an
-   interval from the same resamples; flip - none and flip-crops - none as paired differences over the same
-   images (paired_difference, one run = one "seed", 2,000 resamples) with their verdict; NLL's paired
-   difference from the same stratified resamples (lower is better). Wall time of each mode: one pass over
+   their 95% intervals (Clopper-Pearson; MOVER for balanced accuracy; transferkit.metrics.intervals), NLL with
+   a stratified bootstrap interval (1,000 resamples); flip - none and flip-crops - none as paired differences
+   over the same images (transferkit.metrics.paired.paired_test, one run = one "seed": McNemar's exact test for
+   accuracy, the sign-flip test for balanced accuracy), Holm-adjusted over every TTA comparison in the table
+   (all runs, both modes; each metric its own family), with a bootstrap interval of the difference for
+   display; NLL's paired difference from the same stratified resamples (lower is better; descriptive). Wall time of each mode: one pass over
    the test split after a warm-up (the ONNX export and session are made before timing), image decoding
    included. The tta=none pass is checked against the run's test_predictions.json.
 
@@ -50,7 +52,10 @@ from transferkit.data.scan import Sample
 from transferkit.export.runfiles import load_run
 from transferkit.fileio import portable_paths, write_json
 from transferkit.metrics.classification import detailed_metrics
-from transferkit.metrics.intervals import paired_difference, stratified_resamples
+from transferkit.metrics.intervals import stratified_resamples
+from transferkit.metrics.paired import decide, holm, paired_test
+
+from provenance import provenance  # benchmarks/provenance.py (the script's folder is on sys.path)
 from transferkit.workflow import _infer
 
 HERE = Path(__file__).resolve().parent
@@ -155,7 +160,8 @@ def tta_block(key: str) -> dict[str, Any]:
     diffs = {}
     pair_index = stratified_resamples(labels, 2000, 0)
     for mode in TTA[1:]:
-        entry = {m: paired_difference(labels, [probs[mode]], [probs["none"]], k, m) for m in ("accuracy", "balanced_accuracy")}
+        # p-values only here: the verdicts are decided in main(), Holm over every comparison of the table
+        entry = {m: paired_test(labels, [probs[mode]], [probs["none"]], k, m) for m in ("accuracy", "balanced_accuracy")}
         d = nll_of[mode] - nll_of["none"]
         ci = interval(d[pair_index].mean(axis=1))
         entry["nll"] = {"metric": "nll", "difference": float(d.mean()), "ci95": ci, "n_resamples": 2000,
@@ -177,7 +183,8 @@ def fmt_iv(value: float, ci: list[float]) -> str:
 
 def fmt_diff(d: dict[str, Any]) -> str:
     lo, hi = d["ci95"]
-    return f"{d['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}] {d['verdict']}"
+    tested = f" (p {d['p_value']:.3g}, Holm {d['p_holm']:.3g})" if "p_holm" in d else ""
+    return f"{d['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}] {d['verdict']}{tested}"
 
 
 def describe(key: str) -> str:
@@ -229,8 +236,10 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {key} | {b['n_test']} | {mode} | {views[mode]} | {fmt_iv(m['accuracy'], m['accuracy_ci95'])} | "
                          f"{fmt_iv(m['balanced_accuracy'], m['balanced_accuracy_ci95'])} | {fmt_iv(m['nll'], m['nll_ci95'])} | "
                          f"{m['ece']:.3f} | {m['wall_s']:.1f} | {m['images_per_s']:.0f} |")
-    lines += ["", "Paired differences on the same images (one run; 2,000 stratified resamples; verdict from the "
-              "interval: accuracy above 0 'better'; NLL below 0 'better (lower)'):\n",
+    lines += ["", "Paired differences on the same images (one run; interval: 2,000 stratified resamples, for display). "
+              "Verdicts on accuracy and balanced accuracy: exact paired test (McNemar for accuracy, sign-flip for balanced "
+              "accuracy), p and Holm-adjusted p over every comparison of this table; NLL: 'better (lower)' when its "
+              "interval is below 0 (descriptive, not a test):\n",
               "| run | comparison | accuracy diff [95% CI] | balanced acc. diff [95% CI] | NLL diff [95% CI] | "
               "predictions changed | wall time ratio |",
               "|---|---|---|---|---|---|---|"]
@@ -268,8 +277,14 @@ def main() -> None:
         print(f"{key}: tta " + ", ".join(f"{m} {v['accuracy']:.3f} ({v['wall_s']:.0f}s)"
                                          for m, v in results["tta"][key]["modes"].items())
               + f" ({time.perf_counter() - tick:.0f}s)", flush=True)
+    for metric in ("accuracy", "balanced_accuracy"):  # Holm over every TTA comparison in the table, per metric
+        family = {(key, pair): entry[metric] for key, block in results["tta"].items() for pair, entry in block["paired"].items()}
+        adjusted = holm({f"{key}: {pair}": test["p_value"] for (key, pair), test in family.items()})
+        for (key, pair), test in family.items():
+            test.update(p_holm=adjusted[f"{key}: {pair}"], verdict=decide(test, adjusted[f"{key}: {pair}"]),
+                        family=f"{len(family)} TTA comparisons ({metric})")
     command = ".venv/bin/python benchmarks/calibration_tta.py" + (f" --runs {args.runs}" if args.runs != ",".join(RUNS) else "")
-    results.update(command=command, minutes=round((time.perf_counter() - started) / 60, 1), load_avg_1min_before=load,
+    results.update(command=command, provenance=provenance(__file__), minutes=round((time.perf_counter() - started) / 60, 1), load_avg_1min_before=load,
                    load_avg_1min_after=os.getloadavg()[0], ece_bins=BINS)
     results = portable_paths(results, PATH_ROOTS)
     text = markdown(results)

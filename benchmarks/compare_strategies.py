@@ -32,6 +32,8 @@ import transferkit as tk
 from transferkit.compare import DEFAULT_STRATEGIES, comparison_table
 from transferkit.fileio import portable_paths, write_json
 
+from provenance import provenance, test_outcomes  # benchmarks/provenance.py (the script's folder is on sys.path)
+
 HERE = Path(__file__).resolve().parent
 ROOT = Path(os.environ.get("TRANSFERKIT_DATASETS") or HERE.parents[1] / "shared" / "datasets")
 SETTINGS = dict(backbone="efficientnet_lite0", input_size=112, epochs=6, lr=1e-3, batch_size=32)
@@ -64,7 +66,9 @@ def main() -> None:
                        + ([f"--seeds {args.seeds}"] if args.seeds != 3 else [])
                        + ([f"--input-size {args.input_size}"] if args.input_size != 112 else []))
     # committed files name paths relative to the datasets root or the repository, never this machine's
-    result = portable_paths(json.loads((out / "comparison.json").read_text()), PATH_ROOTS)
+    saved = json.loads((out / "comparison.json").read_text())
+    saved.update(test_outcomes=test_outcomes(saved), provenance=provenance(__file__))
+    result = portable_paths(saved, PATH_ROOTS)
     cut = "" if args.input_size == 224 else f"; input cut from 224 to {args.input_size} px to fit a 2-core CPU"
     protocol = result["strategies"][next(iter(result["strategies"]))]["runs"][0]["protocol"]
     roles = "; ".join(f"{role} {protocol[role]['n']} ({protocol[role]['source']})" for role in ("train", "selection", "test"))

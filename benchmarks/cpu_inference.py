@@ -254,6 +254,9 @@ def main() -> None:
             result["large_folder"] = large_folder(work)
         result["compute_only"] = compute_only(flowers, work)
     result["load_after"] = load()
+    from provenance import provenance  # benchmarks/provenance.py (the script's folder is on sys.path)
+
+    result["provenance"] = provenance(__file__)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     write_markdown(result, args.out.with_suffix(".md"))

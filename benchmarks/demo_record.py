@@ -37,7 +37,9 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "transferkit.cli", "demo", "--out", str(out)], check=True, env=env, cwd=REPO)
         wall = time.perf_counter() - started
     record = json.loads((out / "demo.json").read_text(encoding="utf-8"))
-    record.update({"benchmark_command": COMMAND, "process_wall_time_s": round(wall, 1),
+    from provenance import provenance  # benchmarks/provenance.py (the script's folder is on sys.path)
+
+    record.update({"benchmark_command": COMMAND, "provenance": provenance(__file__), "process_wall_time_s": round(wall, 1),
                    "load_avg_1min_before": round(load_before, 2), "cpu_count": os.cpu_count()})
     sys.path.insert(0, str(REPO))
     from transferkit.fileio import portable_paths, write_json, write_text

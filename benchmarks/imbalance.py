@@ -25,9 +25,12 @@ balancing method only. Strategies: feature extraction (converged probe on cached
 the weights, and under the sampler the inverse-frequency weights it equals in expectation) and lp-ft (2
 probe epochs, then 4 fine-tuning epochs). 112 px instead of 224 to fit a 2-core CPU; 3 seeds.
 
-Figures: balanced accuracy and macro-F1 on the test split, the mean over seeds with a two-level (seed and
-stratified image) bootstrap 95% interval, and each row's paired difference to "none" (same seeds, same test
-images) with its interval and verdict. Finished runs under benchmarks/runs/imbalance/ are reused.
+Figures: balanced accuracy and macro-F1 on the test split, the mean over seeds with its 95% interval (balanced
+accuracy: MOVER over the classes' Clopper-Pearson limits; macro-F1: a two-level bootstrap), and each row's
+paired difference to "none" (same seeds, same test images). The verdict on balanced accuracy is an exact
+sign-flip test on the per-image differences, Holm-adjusted over the rows compared with "none", and needs every
+seed to agree in direction (transferkit.metrics.paired). Each run's predicted class per test image is kept in
+the result file (``test_outcomes``). Finished runs under benchmarks/runs/imbalance/ are reused.
 """
 
 from __future__ import annotations
@@ -44,7 +47,10 @@ import numpy as np
 
 import transferkit as tk
 from transferkit.fileio import write_json
-from transferkit.metrics.intervals import paired_difference, seed_image_interval
+from transferkit.metrics.intervals import seed_image_interval
+from transferkit.metrics.paired import difference_interval, verdicts_against
+
+from provenance import provenance, test_outcomes  # benchmarks/provenance.py (the script's folder is on sys.path)
 
 HERE = Path(__file__).resolve().parent
 ROOT = Path(os.environ.get("TRANSFERKIT_DATASETS") or HERE.parents[1] / "shared" / "datasets")
@@ -112,6 +118,8 @@ def score(name: str, strategy: str, seeds: int) -> dict[str, Any]:
             assert ps == paths and (y == labels).all(), f"{d}: another test split"
             probs[row].append(p)
     k = probs["none"][0].shape[1]
+    # the verdicts: each row against "none" (fixed before any result), exact paired test, Holm over the rows
+    verdicts = verdicts_against(labels, probs, "none", k, "balanced_accuracy")
     table = {}
     for row, dirs in runs.items():
         summaries = [json.loads((d / "summary.json").read_text()) for d in dirs]
@@ -125,14 +133,19 @@ def score(name: str, strategy: str, seeds: int) -> dict[str, Any]:
             entry["tau"] = [s["logit_adjustment"]["tau"] for s in summaries]
         for metric in METRICS:
             entry[metric] = seed_image_interval(labels, probs[row], k, metric)
-            if row != "none":
-                entry[f"{metric}_vs_none"] = paired_difference(labels, probs[row], probs["none"], k, metric)
+        if row != "none":
+            entry["balanced_accuracy_vs_none"] = verdicts[row]
+            entry["macro_f1_vs_none"] = {"difference": float(np.mean([
+                seed_image_interval(labels, [a], k, "macro_f1")["mean"] - seed_image_interval(labels, [b], k, "macro_f1")["mean"]
+                for a, b in zip(probs[row], probs["none"])])), "ci95": difference_interval(labels, probs[row], probs["none"], k, "macro_f1"),
+                "verdict": "not tested (descriptive interval; the verdicts read balanced accuracy)"}
         recalls = np.mean([[summ["per_class"][c]["recall"] for c in summ["data"]["classes"]] for summ in summaries], axis=0)
         entry["recall_per_class"] = dict(zip(summaries[0]["data"]["classes"], [round(float(r), 3) for r in recalls]))
         table[row] = entry
     first = json.loads((runs["none"][0] / "summary.json").read_text())
+    outcomes = test_outcomes({"strategies": {row: {"run_dirs": dirs} for row, dirs in runs.items()}})
     return {"rows": table, "n_test": int(len(labels)), "seeds": seeds, "balance": first["balance"],
-            "protocol": first["protocol"]}
+            "protocol": first["protocol"], "test_outcomes": {**outcomes, "paths": [os.path.relpath(p, OUT) for p in outcomes["paths"]]}}
 
 
 def fmt(iv: dict[str, Any]) -> str:
@@ -142,13 +155,17 @@ def fmt(iv: dict[str, Any]) -> str:
 
 def fmt_diff(d: dict[str, Any]) -> str:
     lo, hi = d["ci95"]
-    return f"{d['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}] {d['verdict']}"
+    text = f"{d['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+    return text + (f" {d['verdict']} (p {d['p_value']:.3g}, Holm {d['p_holm']:.3g})" if "p_holm" in d else "")
 
 
 def markdown(results: dict[str, Any], command: str) -> str:
     lines = [f"# Imbalance benchmark\n\nCommand: `{command}`\n", f"Settings: {SETTINGS}, lp-ft warm-up 2 epochs; "
-             "3 seeds; every figure on the test split (chose nothing), mean over seeds [two-level bootstrap 95% CI]; "
-             "'vs none' is the paired difference to the row without balancing (same seeds and test images).\n"]
+             "3 seeds; every figure on the test split (chose nothing), mean over seeds [95% CI: balanced accuracy MOVER over "
+             "the classes' Clopper-Pearson limits on per-image scores averaged over seeds; macro-F1 a two-level bootstrap]; "
+             "'vs none' is the paired difference to the row without balancing (same seeds and test images) with a two-level "
+             "bootstrap interval; the verdict on balanced accuracy is an exact sign-flip test, Holm-adjusted over the rows "
+             "compared with none, and needs every seed to agree in direction (transferkit.metrics.paired).\n"]
     for name, per_strategy in results["datasets"].items():
         for strategy, res in per_strategy.items():
             counts = res["balance"]["counts"]["train"]
@@ -192,7 +209,7 @@ def main() -> None:
                        + ([f"--datasets {args.datasets}"] if args.datasets != ",".join(SUBSETS) else [])
                        + ([f"--strategies {args.strategies}"] if args.strategies != ",".join(STRATEGIES) else [])
                        + ([f"--seeds {args.seeds}"] if args.seeds != 3 else []))
-    results.update(command=command, minutes=round((time.perf_counter() - started) / 60, 1),
+    results.update(command=command, provenance=provenance(__file__), minutes=round((time.perf_counter() - started) / 60, 1),
                    subsets={k: {"source": f"$TRANSFERKIT_DATASETS/{v[0]}", "counts": v[1]} for k, v in SUBSETS.items()},
                    load_avg_1min_before=load)
     text = markdown(results, command)

@@ -34,9 +34,10 @@ scored once and chooses nothing):
   points, too few to separate heads; not used).
 
 The trainer sees each split as train/ val/ test/ of a folder of symbolic links (the cache keys on file
-bytes, so all heads read the same rows). Intervals: stratified bootstrap (resampling within each class
-of the report split, class counts kept), 2,000 resamples, seed 0, percentile 95%; differences are paired
-(the same resampled images for both heads). Head fit time: the sum of the old head's epochs (each
+bytes, so all heads read the same rows). Intervals (transferkit.metrics): Clopper-Pearson for accuracy,
+MOVER over the classes' Clopper-Pearson limits for balanced accuracy; the differences new - old and
+new - scikit-learn are paired over the same images, judged by exact tests (McNemar for accuracy, sign-flip
+for balanced accuracy) Holm-adjusted over the two, and shown with a 2,000-resample bootstrap interval. Head fit time: the sum of the old head's epochs (each
 includes its selection-split evaluation), the probe's fit including its whole L2 grid, the pipeline's
 fit. The machine is shared (load average recorded).
 
@@ -123,26 +124,24 @@ def link_folder(splits: dict[str, dict[str, list[Path]]], target: Path) -> Path:
 # --- statistics ----------------------------------------------------------------------------------
 
 
-def stratified_bootstrap(labels: np.ndarray, correct: dict[str, np.ndarray], resamples: int = RESAMPLES, seed: int = 0) -> dict:
-    """Percentile intervals of accuracy and balanced accuracy per head, and of paired differences.
+def head_statistics(labels: np.ndarray, preds: dict[str, np.ndarray]) -> dict:
+    """Each head's 95% intervals and the paired verdicts new vs old and new vs scikit-learn, with the package's
+    own methods (transferkit.metrics): Clopper-Pearson for accuracy, MOVER for balanced accuracy; exact paired
+    tests Holm-adjusted over the two comparisons (per metric), a bootstrap interval of each difference for display."""
+    from transferkit.metrics.intervals import metric_intervals
+    from transferkit.metrics.paired import decide, holm, paired_test
 
-    Each resample draws n_c images with replacement within every class c (class counts kept), the same
-    draw for every head, so differences are paired.
-    """
-    rng = np.random.default_rng(seed)
-    classes = np.unique(labels)
-    per_class = {h: np.zeros((resamples, len(classes))) for h in correct}
-    counts = np.array([(labels == c).sum() for c in classes])
-    for j, c in enumerate(classes):
-        members = np.flatnonzero(labels == c)
-        draws = members[rng.integers(0, len(members), (resamples, len(members)))]
-        for h, ok in correct.items():
-            per_class[h][:, j] = ok[draws].mean(axis=1)
-    stats = {h: {"accuracy": r @ counts / counts.sum(), "balanced_accuracy": r.mean(axis=1)} for h, r in per_class.items()}
-    interval = lambda v: [round(float(np.percentile(v, 2.5)), 4), round(float(np.percentile(v, 97.5)), 4)]  # noqa: E731
-    out = {h: {m: interval(v) for m, v in s.items()} for h, s in stats.items()}
-    for a, b in (("new", "sklearn"), ("new", "old")):
-        out[f"{a}-{b}"] = {m: interval(stats[a][m] - stats[b][m]) for m in ("accuracy", "balanced_accuracy")}
+    k = int(labels.max()) + 1
+    probs = {h: np.eye(k)[p] for h, p in preds.items()}
+    out: dict = {h: metric_intervals(labels, p, k, metrics=("accuracy", "balanced_accuracy"))[0] for h, p in probs.items()}
+    for metric in ("accuracy", "balanced_accuracy"):
+        tests = {f"new-{b}": paired_test(labels, [probs["new"]], [probs[b]], k, metric, n_resamples=RESAMPLES)
+                 for b in ("sklearn", "old")}
+        adjusted = holm({key: t["p_value"] for key, t in tests.items()})
+        for key, t in tests.items():
+            out.setdefault(key, {})[metric] = {"difference": t["difference"], "ci95": t["ci95"], "p_value": t["p_value"],
+                                               "p_holm": adjusted[key], "verdict": decide(t, adjusted[key]),
+                                               "differing_images": t["differing_images"]}
     return out
 
 
@@ -210,7 +209,7 @@ def bench_dataset(name: str, work: Path, cache_dir: str | None) -> dict:
     labels = new["labels"]
     assert (old["labels"] == labels).all() and (skl["labels"] == labels).all()
     heads = {"old": old, "new": new, "sklearn": skl}
-    intervals = stratified_bootstrap(labels, {h: (v["pred"] == labels).astype(float) for h, v in heads.items()})
+    intervals = head_statistics(labels, {h: v["pred"] for h, v in heads.items()})
     out = {"protocol": protocol, "monitor": monitor, "n": new["n"], "report_class_counts": np.bincount(labels).tolist(),
            "load_avg": load, "heads": {}}
     for h, v in heads.items():
@@ -275,8 +274,10 @@ def bench_scale(rows: int) -> dict:
 
 def _dataset_tables(result: dict) -> list[str]:
     fmt = lambda h, m: f"{h[m]:.3f} [{h['ci95'][m][0]:.3f}, {h['ci95'][m][1]:.3f}]"  # noqa: E731
-    lines = ["Report split only (nothing was chosen on it); 95% stratified bootstrap intervals (2,000 resamples); "
-             "differences are paired. Fit time: the head-only phase on cached embeddings (old: its 10 epochs with "
+    lines = ["Report split only (nothing was chosen on it); 95% intervals: Clopper-Pearson (accuracy), MOVER over the "
+             "classes' Clopper-Pearson limits (balanced accuracy); differences are paired: exact test (McNemar for "
+             "accuracy, sign-flip for balanced accuracy), Holm over the two comparisons, with a 2,000-resample bootstrap "
+             "interval for display. Fit time: the head-only phase on cached embeddings (old: its 10 epochs with "
              "their selection-split evaluations; new: the probe with its whole L2 grid and final evaluation).", "",
              "| data (report n) | head | accuracy | balanced acc. | train acc. | fit (s) | chosen on selection |",
              "|---|---|---|---|---|---|---|"]
@@ -287,11 +288,12 @@ def _dataset_tables(result: dict) -> list[str]:
                       if h == "new" else "—")
             lines.append(f"| {name} ({sum(d['report_class_counts'])}) | {label} | {fmt(v, 'accuracy')} | {fmt(v, 'balanced_accuracy')} | "
                          f"{v['train_accuracy']:.3f} | {v['fit_s']:.2f} | {chosen} |")
-    lines += ["", "Paired differences (95% interval):", "", "| data | new - scikit-learn: acc. | bal. acc. | new - old: acc. | bal. acc. |",
-              "|---|---|---|---|---|"]
+    lines += ["", "Paired differences [95% bootstrap interval], verdict (Holm-adjusted p):", "",
+              "| data | new - scikit-learn: acc. | bal. acc. | new - old: acc. | bal. acc. |", "|---|---|---|---|---|"]
     for name, d in result["datasets"].items():
         iv = d["differences_ci95"]
-        cell = lambda k, m: f"[{iv[k][m][0]:+.3f}, {iv[k][m][1]:+.3f}]"  # noqa: E731
+        cell = lambda k, m: (f"{iv[k][m]['difference']:+.3f} [{iv[k][m]['ci95'][0]:+.3f}, {iv[k][m]['ci95'][1]:+.3f}] "  # noqa: E731
+                             f"{iv[k][m]['verdict']} (p {iv[k][m]['p_holm']:.3g})")
         lines.append(f"| {name} | {cell('new-sklearn', 'accuracy')} | {cell('new-sklearn', 'balanced_accuracy')} | "
                      f"{cell('new-old', 'accuracy')} | {cell('new-old', 'balanced_accuracy')} |")
     lines += ["", "Protocols (the old head's epoch is chosen on the monitor; the probe's strength by the lowest selection-split "
@@ -336,8 +338,10 @@ def main() -> None:
     from transferkit.fileio import portable_paths, write_json
 
     work = Path(tempfile.mkdtemp(prefix="tk-linear-probe-"))
-    result = {"command": "benchmarks/linear_probe.py " + " ".join(os.sys.argv[1:]), "platform": platform.platform(),
-              "cpu_count": os.cpu_count(), "torch": torch.__version__, "datasets": {}}
+    from provenance import provenance  # benchmarks/provenance.py (the script's folder is on sys.path)
+
+    result = {"command": "benchmarks/linear_probe.py " + " ".join(os.sys.argv[1:]), "provenance": provenance(__file__),
+              "platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__, "datasets": {}}
     try:
         for name in [n for n in args.only or DATASETS if n != "none"]:
             result["datasets"][name] = bench_dataset(name, work, args.cache_dir)

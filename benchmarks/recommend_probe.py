@@ -30,6 +30,9 @@ def main() -> None:
         results[name] = {**rec.to_dict(), "time_s": round(time.perf_counter() - tick, 1)}
         print(f"{name}: BN shift {m['bn_shift']:.3f}, probe {m['probe_accuracy']:.3f}, "
               f"median/class {m['median_per_class']} -> {rec.strategy} {rec.settings}")
+    from provenance import provenance  # benchmarks/provenance.py (the script's folder is on sys.path)
+
+    results["provenance"] = provenance(__file__)
     out = Path(__file__).parent / "results" / "recommend.json"
     # committed: paths relative to the datasets root, never this machine's
     results = portable_paths(results, {"$TRANSFERKIT_DATASETS": ROOT})

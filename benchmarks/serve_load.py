@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import os
 import platform
@@ -409,6 +408,9 @@ def main() -> int:
     result["offline"] = offline(run, photos, sorted({threads_used, cores}))
     result["server_threads"] = threads_used
     result["command"] = "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])
+    from provenance import provenance  # benchmarks/provenance.py (the script's folder is on sys.path)
+
+    result["provenance"] = provenance(__file__)
     result["run"] = {"path": str(run), "backbone": metadata.get("backbone"), "input_size": metadata.get("input_size"),
                      "classes": metadata.get("classes"), "test_accuracy": metadata.get("test_metrics", {}).get("accuracy")}
     result["machine"] = {"cores": cores, "python": platform.python_version(), "load_before": load_before,

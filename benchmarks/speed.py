@@ -296,7 +296,10 @@ def main() -> None:
     only = set(args.only or ["training", "throughput", "scale"])
     if only & {"training", "throughput"} and not FLOWERS.is_dir():
         raise SystemExit(f"flowers not found at {FLOWERS}; set TRANSFERKIT_DATASETS")
-    result = {"command": "benchmarks/speed.py " + " ".join(os.sys.argv[1:]), "platform": platform.platform(),
+    from provenance import provenance  # benchmarks/provenance.py (the script's folder is on sys.path)
+
+    result = {"command": "benchmarks/speed.py " + " ".join(os.sys.argv[1:]), "provenance": provenance(__file__),
+              "platform": platform.platform(),
               "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
     data = subset_folder(args.limit) if only & {"training", "throughput"} else None
     try:

@@ -27,14 +27,24 @@ def _load(name: str) -> Any:
     return json.loads((RESULTS / name).read_text(encoding="utf-8"))
 
 
-def _from(name: str, script: str) -> Callable[[Callable[[Any], str]], Callable[[], str]]:
-    """A renderer of the result file ``name``; while it is missing the block says which script measures it."""
-    def wrap(render: Callable[[Any], str]) -> Callable[[], str]:
+# block -> (its result files, the script that writes them); tests/e2e/test_readme_results.py checks that every
+# file records that script, with the digest of the script as it is now (benchmarks/provenance.py)
+SOURCES: dict[str, tuple[tuple[str, ...], str]] = {}
+
+
+def _from(name: str | tuple[str, ...], script: str) -> Callable[[Callable[..., str]], Callable[[], str]]:
+    """A renderer of the result file(s) ``name``; while one is missing the block says which script measures it."""
+    names = (name,) if isinstance(name, str) else tuple(name)
+
+    def wrap(render: Callable[..., str]) -> Callable[[], str]:
+        SOURCES[render.__name__.replace("_", "-")] = (names, script)
+
         @functools.wraps(render)
         def block() -> str:
-            if not (RESULTS / name).exists():
+            missing = [n for n in names if not (RESULTS / n).exists()]
+            if missing:
                 return f"(not yet measured: run `python {script}`)\n"
-            return render(_load(name))
+            return render(*[_load(n) for n in names])
         return block
     return wrap
 
@@ -45,11 +55,13 @@ def _pm(mean: float | None, std: float | None) -> str:
     return f"{mean:.3f} ± {std:.3f}" if std else f"{mean:.3f} ± 0"
 
 
-def accuracy() -> str:
-    """Test accuracy (seed+image 95% interval) and the paired verdict, feature extraction vs fine-tuning."""
-    d = _load("accuracy.json")
+@_from("accuracy.json", "benchmarks/accuracy.py")
+def accuracy(d: Any) -> str:
+    """Test accuracy (95% interval over images) and the paired verdict, feature extraction vs fine-tuning."""
     lines = ["| data (n test, seeds, epochs) | feature extraction | fine-tuning |", "|---|---|---|"]
     for name, row in d.items():
+        if name == "provenance":
+            continue
         v = row["verdicts"]
         cells = [_verdict_cell(v, s) for s in ("feature-extraction", "finetune")]
         lines.append(f"| {name} ({v['n_images']}, {v['n_seeds']}, {row['settings']['epochs']}) | {cells[0]} | {cells[1]} |")
@@ -68,14 +80,16 @@ def _verdict_cell(verdicts: dict[str, Any], name: str) -> str:
         return "—"
     lo, hi = row["ci95"]
     mark = "best" if name == verdicts["best"] else row.get("verdict", "n/a")
-    return f"{row['mean']:.3f} [{lo:.3f}, {hi:.3f}] {VERDICT_MARK.get(mark, mark)}"
+    seeds, distinct = row.get("n_seeds", verdicts.get("n_seeds", 1)), row.get("distinct_models")
+    models = " (1 distinct model)" if distinct == 1 and seeds > 1 else ""
+    return f"{row['mean']:.3f} [{lo:.3f}, {hi:.3f}] {VERDICT_MARK.get(mark, mark)}{models}"
 
 
-def compare() -> str:
-    """Test accuracy, mean over seeds with its seed+image 95% interval, and the paired verdict to the best row."""
+@_from(tuple(file for _, file in COMPARE), "benchmarks/compare_strategies.py")
+def compare(*files: Any) -> str:
+    """Test accuracy, mean over seeds with its 95% interval, and the paired verdict to the best row."""
     lines = ["| data (n test, seeds) | " + " | ".join(STRATEGIES) + " |", "|---" * (len(STRATEGIES) + 1) + "|"]
-    for label, file in COMPARE:
-        d = _load(file)
+    for (label, _), d in zip(COMPARE, files):
         verdicts = d.get("verdicts")
         if not verdicts or verdicts.get("split") != "test":
             lines.append(f"| {label}: not yet re-measured under the train/selection/test protocol |" + " |" * len(STRATEGIES))
@@ -85,8 +99,8 @@ def compare() -> str:
     return "\n".join(lines) + "\n"
 
 
-def adapt() -> str:
-    d = _load("adapt_mnistm.json")
+@_from("adapt_mnistm.json", "benchmarks/adapt_mnistm.py")
+def adapt(d: Any) -> str:
     parts = []
     for name, row in d["rows"].items():
         t, v = row["target_test"], row["vs_baseline"]
@@ -96,13 +110,16 @@ def adapt() -> str:
         parts.append(text)
     t = next(iter(d["rows"].values()))["target_test"]
     return ("Domain adaptation MNIST -> MNIST-M (`benchmarks/results/adapt_mnistm.md`; MNIST-M test accuracy, "
-            f"n={t['n_images']} images x {t['n_seeds']} seeds, mean with 95% seed-and-image bootstrap interval; "
+            f"n={t['n_images']} images x {t['n_seeds']} seeds, mean with its 95% interval over images (Clopper-Pearson on "
+            "per-image scores averaged over seeds); each verdict an exact paired test against the method's own "
+            "baseline, Holm-adjusted over the comparisons; "
             f"settings fixed beforehand or tuned on a {d['data']['target_dev']['n']}-image MNIST-M dev split; "
             f"test scored once): {'; '.join(parts)}.\n")
 
 
-def speed() -> str:
-    runs = _load("speed.json")["training"]["runs"]
+@_from("speed.json", "benchmarks/speed.py")
+def speed(d: Any) -> str:
+    runs = d["training"]["runs"]
     base, cold, warm = runs["uncached"], runs["cached_cold"], runs["cached_warm"]
 
     def acc(run: dict[str, Any]) -> str:
@@ -121,9 +138,10 @@ def speed() -> str:
     return text + ".\n"
 
 
-def linear_probe() -> str:
-    d = _load("linear_probe.json")["datasets"]
-    lines = ["| data (n reported) | converged probe | old head (epochs) | scikit-learn C=1 | probe - old, paired 95% CI |",
+@_from("linear_probe.json", "benchmarks/linear_probe.py")
+def linear_probe(result: Any) -> str:
+    d = result["datasets"]
+    lines = ["| data (n reported) | converged probe | old head (epochs) | scikit-learn C=1 | probe - old [95% CI], verdict |",
              "|---|---|---|---|---|"]
     for name, row in d.items():
         heads = row["heads"]
@@ -134,26 +152,30 @@ def linear_probe() -> str:
             lo, hi = h["ci95"]["accuracy"]
             return f"{h['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]"
 
-        lo, hi = row["differences_ci95"]["new-old"]["accuracy"]
-        lines.append(f"| {name} ({n}) | {cell('new')} | {cell('old')} | {cell('sklearn')} | [{lo:+.3f}, {hi:+.3f}] |")
+        diff = row["differences_ci95"]["new-old"]["accuracy"]
+        lo, hi = diff["ci95"]
+        lines.append(f"| {name} ({n}) | {cell('new')} | {cell('old')} | {cell('sklearn')} | "
+                     f"{diff['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}] {diff['verdict']} |")
     return "\n".join(lines) + "\n"
 
 
-def recommend() -> str:
-    d = _load("recommend.json")
+@_from("recommend.json", "benchmarks/recommend_probe.py")
+def recommend(d: Any) -> str:
     labels = {"hymenoptera": "hymenoptera", "flowers": "flowers", "neu_surface_defects": "NEU steel defects",
               "mnist_to_mnistm/mnist/train": "MNIST", "mnist_to_mnistm/mnistm/train": "MNIST-M"}
     lines = ["| data | BatchNorm shift | probe accuracy (k-fold, n) | recommended |", "|---|---|---|---|"]
     for name, rec in d.items():
+        if name == "provenance":
+            continue
         m = rec["measurements"]
         lines.append(f"| {labels.get(name, name)} | {m['bn_shift']:.3f} | {m['probe_accuracy']:.2f} ({m['probe_images']}) "
                      f"| {rec['strategy']} |")
     return "\n".join(lines) + "\n"
 
 
-def demo() -> str:
+@_from("demo.json", "benchmarks/demo_record.py")
+def demo(d: Any) -> str:
     """The quick-start sentence: what `make demo` measured (benchmarks/demo_record.py -> demo.json)."""
-    d = _load("demo.json")
     rows = d["rows"]
     wall = round(d["process_wall_time_s"])
     parts = []
@@ -195,7 +217,8 @@ def imbalance(d: Any) -> str:
                 cells.append(text + ("" if vs is None else f" {IMBALANCE_MARK[vs['verdict']]}"))
             lines.append(f"| {name}, {strategy} ({res['n_test']}, {res['seeds']}) | " + " | ".join(cells) + " |")
     return "\n".join(lines) + f"\n\nBalanced accuracy on the test split, mean over seeds [95% CI]; the word after each figure is " \
-        f"its paired verdict against \"none\" (same seeds, same test images; ≈: no clear difference). Command: `{d['command']}` " \
+        f"its paired verdict against \"none\" (same seeds, same test images; exact sign-flip test, Holm over the row's " \
+        f"comparisons with none, every seed agreeing; ≈: no clear difference). Command: `{d['command']}` " \
         "(`benchmarks/results/imbalance.md` has macro-F1, rare-class recall and the chosen tau).\n"
 
 
@@ -292,7 +315,8 @@ def calibration_tta(d: Any) -> str:
                      f"{cells[0]} | {cells[1]} | {ratio:.1f}x |")
     return "\n".join(lines) + (
         "\n\nOne run each (seed 0), on each run's own test split; ECE with 15 bins; accuracy differences are paired over the "
-        "same test images (≈: no clear difference). Load average "
+        "same test images, judged by McNemar's exact test Holm-adjusted over the table's comparisons (≈: no clear "
+        "difference). Load average "
         f"{d['load_avg_1min_before']:.2f} before / {d['load_avg_1min_after']:.2f} after. Command: `{d['command']}` "
         "(`benchmarks/results/calibration_tta.md` has balanced accuracy, NLL and ECE per TTA mode).\n")
 
