@@ -37,10 +37,10 @@ def _epochs(run: Path) -> list[dict]:
             for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def _weights(run: Path) -> dict[str, bytes]:
-    """Every tensor's bytes (the file itself is not compared: safetensors writes its metadata map in hash
-    order, which differs between processes)."""
-    return {name: array.tobytes() for name, array in load_file(str(run / "model.safetensors")).items()}
+def _weights(run: Path) -> tuple[bytes, dict[str, bytes]]:
+    """The file's bytes (the same weights always give the same file) and every tensor's bytes."""
+    path = run / "model.safetensors"
+    return path.read_bytes(), {name: array.tobytes() for name, array in load_file(str(path)).items()}
 
 
 def test_relabelling_the_test_split_changes_no_choice_and_no_weight(three_splits: Path, tmp_path: Path, monkeypatch):
