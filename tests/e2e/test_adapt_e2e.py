@@ -116,7 +116,11 @@ def test_each_method_writes_a_usable_run_folder(domains: dict[str, Path], tmp_pa
         recorded = {row["path"]: row["probs"] for row in json.loads((out / file).read_text())}
         assert set(recorded) == set(later["paths"])
         for path, probs in zip(later["paths"], later[side]["probs"]):
-            assert probs == pytest.approx(recorded[path], abs=1e-5)
+            # the same weights and images; the batch differs (128 here, the run's own evaluation batch there), and
+            # oneDNN picks its convolution kernels by batch shape, so the float sums differ in their last digits
+            # (1.2e-5 seen on AdaBN's near-0.5 probabilities): 1e-4, the export parity tolerance, and the same class
+            assert probs == pytest.approx(recorded[path], abs=1e-4)
+            assert int(np.argmax(probs)) == int(np.argmax(recorded[path]))
 
 
 def test_target_labels_never_reach_training(domains: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
