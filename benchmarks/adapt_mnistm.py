@@ -135,7 +135,7 @@ def run_one(runs: Path, split: dict[str, Any], seed: int, name: str, method: str
 
 
 def dev_score(runs: Path, seed: int, name: str, side: str) -> dict[str, Any]:
-    """Dev accuracy of one model of one run, with a stratified image-bootstrap 95 % interval (one seed)."""
+    """Dev accuracy of one model of one run, with its Clopper-Pearson 95 % interval (one seed)."""
     file = "target_predictions.json" if side == "adapted" else SOURCE_ONLY_PREDICTIONS_FILE
     rows = json.loads((runs / f"seed{seed}" / name / file).read_text())
     labels, probs = [r["label"] for r in rows], np.asarray([r["probs"] for r in rows])
@@ -313,7 +313,7 @@ def markdown(r: dict[str, Any]) -> str:
         lines.append(extra + "; no control for the extra epochs was run (see the cuts below), so a difference may "
                      "partly come from the longer training.")
     else:
-        lines.append(extra + f". Control on the dev split (seed {TUNE_SEED}, n={c['dann']['n']}, image-bootstrap "
+        lines.append(extra + f". Control on the dev split (seed {TUNE_SEED}, n={c['dann']['n']}, Clopper-Pearson "
                      f"intervals): DANN with lambda = 0 (the same extra epochs and target batches, no adversarial "
                      f"gradient) {c['lambda0']['accuracy']:.3f} {_ci(c['lambda0']['ci95'])}, DANN "
                      f"{c['dann']['accuracy']:.3f} {_ci(c['dann']['ci95'])}, their baseline "
@@ -330,7 +330,7 @@ def markdown(r: dict[str, Any]) -> str:
         value = json.dumps(s["value"]) if isinstance(s["value"], dict) else s["value"]
         lines.append(f"| {name} | {value} | {s['chosen']} |")
     lines += ["", f"## Tuning runs: target dev accuracy (seed {TUNE_SEED}, n = {roles['target_dev']['n']}, "
-              "95% image-bootstrap interval)", "", "| setting | value | dev accuracy [95% CI] | chosen |", "|---|---|---|---|"]
+              "95% Clopper-Pearson interval)", "", "| setting | value | dev accuracy [95% CI] | chosen |", "|---|---|---|---|"]
     for key, grid in r["tuning"].items():
         for value, score in grid.items():
             mark = "yes" if str(r["settings"][key]["value"]) == value else ""
