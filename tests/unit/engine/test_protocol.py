@@ -45,6 +45,7 @@ def _weights(run: Path) -> tuple[bytes, dict[str, bytes]]:
 
 def test_relabelling_the_test_split_changes_no_choice_and_no_weight(three_splits: Path, tmp_path: Path, monkeypatch):
     monkeypatch.setattr(calibration, "MIN_SELECTION", 1)  # fit a temperature on the 8 val images as well
+    monkeypatch.setattr(calibration, "MIN_ERRORS", 0)
     first = tk.train(three_splits, out=str(tmp_path / "first"), **SETTINGS).summary
     swapped = tmp_path / "swapped"
     shutil.copytree(three_splits, swapped)
@@ -123,6 +124,7 @@ RUNS = {
 @pytest.mark.parametrize("name", list(RUNS))
 def test_no_test_image_is_read_while_training_or_selecting(name: str, three_splits: Path, tmp_path: Path, monkeypatch):
     monkeypatch.setattr(calibration, "MIN_SELECTION", 1)  # the temperature is chosen on val/ too
+    monkeypatch.setattr(calibration, "MIN_ERRORS", 0)
     reads = _ImageReads(monkeypatch)
     summary = tk.train(three_splits, out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"), **RUNS[name]).summary
     assert summary["calibration"]["method"] == "temperature"
