@@ -7,7 +7,10 @@ The proof is printed and written beside the file (``<name>.parity.json``); a fil
 are measured and recorded as the int8 model's own, and decide nothing.
 
 ``run_engine`` gives ``predict``/``evaluate`` an ONNX Runtime session for a run: the graph is exported once
-into ``<run>/onnx/`` (named by the weights' hash, so retrained weights never reuse a stale graph).
+into ``<run>/onnx/`` (named by the weights' hash, so retrained weights never reuse a stale graph), its SHA-256
+recorded beside it and checked before every later use (a graph that changed is exported again, with a warning).
+A read-only run's graph goes to a folder only this user can write (:func:`transferkit.export.onnx.private_graph_dir`).
+Graph metadata names the run by its folder name only, never its absolute path.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ from transferkit.export.onnx import (
     export_onnx,
     _quiet_export,
     export_torchscript,
+    open_recorded_graph,
+    private_graph_dir,
+    record_graph,
     require_onnx,
     resize_policy,
     uint8_pipeline,
@@ -92,7 +98,7 @@ def run_metadata(run: LoadedRun) -> dict[str, Any]:
         "arch": run.spec.arch,
         "transferkit_version": __version__,
         "weights_sha256": file_sha256(run.path / run.meta.get("weights", MODEL_FILE)),
-        "run": str(run.path),
+        "run": run.path.name,  # the folder's name: an absolute path would tell every client the server's layout
         "test_metrics": summary.get("metrics", {}),
         "test_ci95": summary.get("ci95", {}),
         "test_n": (summary.get("protocol", {}).get("test") or {}).get("n"),
@@ -324,28 +330,42 @@ def run_engine(run: LoadedRun, threads: int | None = None) -> OnnxModel:
     """An ONNX Runtime session for a run, exported on first use into ``<run>/onnx/`` and parity-checked then.
 
     Named by the weights' SHA-256 and the torch version (the exporter), so a changed model never reuses an
-    old graph. A read-only run folder gets the graph in a temporary folder instead.
+    old graph; the graph's own SHA-256 is recorded when it is written and checked before each use. A read-only
+    run folder gets the graph in a private folder (mode 0700, this user's) instead, checked against PyTorch
+    again on every use.
     """
     require_onnx("--engine onnx")
     meta = run_metadata(run)
     name = f"model-{meta['weights_sha256'][:16]}-t{run.temperature:.6g}-torch{torch.__version__.split('+')[0]}.onnx"
-    own = run.path / ENGINE_DIR
-    private = Path(tempfile.gettempdir()) / f"transferkit-onnx-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
-    for folder in (own, private):
-        path = folder / name
-        if path.is_file() and folder == own:
-            return OnnxModel(path, threads=threads)
-        try:
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            wrapper = classifier_wrapper(run)
-            if not path.is_file():
-                export_onnx(wrapper, run.spec.input_size, path, meta)
-        except (OSError, CheckpointError):  # a read-only run folder: the private temporary folder instead
-            continue
-        engine = OnnxModel(path, threads=threads)
-        _smoke_parity(engine, wrapper, run.spec)  # every use of a graph outside the run folder is checked again
+    own = run.path / ENGINE_DIR / name
+    engine = open_recorded_graph(own, threads)
+    if engine is not None:
         return engine
-    raise TransferKitError(f"could not write the ONNX engine's graph for {run.path}; use --engine torch")
+    try:
+        return _export_engine(run, meta, own, threads)
+    except (OSError, CheckpointError):  # a read-only run folder: a private folder instead
+        pass
+    private = private_graph_dir() / name
+    engine = open_recorded_graph(private, threads)
+    if engine is not None:
+        _smoke_parity(engine, classifier_wrapper(run), run.spec)  # every use of a graph outside the run is checked
+        return engine
+    try:
+        return _export_engine(run, meta, private, threads)
+    except (OSError, CheckpointError) as exc:
+        raise TransferKitError(f"could not write the ONNX engine's graph for {run.path} ({exc}); "
+                               "use --engine torch") from None
+
+
+def _export_engine(run: LoadedRun, meta: dict[str, Any], path: Path, threads: int | None) -> OnnxModel:
+    """Export the run's graph to ``path``, check it against PyTorch, and record its SHA-256."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    wrapper = classifier_wrapper(run)
+    export_onnx(wrapper, run.spec.input_size, path, meta)
+    engine = OnnxModel(path, threads=threads)
+    _smoke_parity(engine, wrapper, run.spec)
+    record_graph(engine)
+    return engine
 
 
 def _smoke_parity(engine: OnnxModel, wrapper: Preprocessed, spec: Any) -> None:
@@ -363,11 +383,13 @@ def backbone_engine(backbone: Callable[[], torch.nn.Module], spec: Any, path: Pa
     """ONNX Runtime on a backbone's pooled features (uint8 NHWC in), exported to ``path`` on first use.
 
     The caller names ``path`` by everything the features depend on (the embedding cache's identity), so an
-    existing graph is used as it is and ``backbone()`` (building the network) is called only to export one.
+    existing graph whose bytes match its recorded SHA-256 is used as it is, and ``backbone()`` (building the
+    network) is called only to export one.
     """
     require_onnx("--engine onnx")
-    if path.is_file():
-        return OnnxModel(path, threads=threads)
+    engine = open_recorded_graph(path, threads)
+    if engine is not None:
+        return engine
     wrapper = Preprocessed(copy.deepcopy(backbone()).to("cpu").float().eval(), spec.mean, spec.std, ("features",)).eval()
     wrapper.net.to(memory_format=torch.contiguous_format)
     meta = {"format": "transferkit-backbone", "format_version": 1, "backbone": spec.name, "arch": spec.arch,
@@ -376,6 +398,7 @@ def backbone_engine(backbone: Callable[[], torch.nn.Module], spec: Any, path: Pa
     export_onnx(wrapper, spec.input_size, path, meta)
     engine = OnnxModel(path, threads=threads)
     _smoke_parity(engine, wrapper, spec)
+    record_graph(engine)
     return engine
 
 

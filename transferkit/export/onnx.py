@@ -16,9 +16,16 @@ The same wrapper exports a backbone alone (``outputs=("features",)``) for the em
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import hashlib
 import io
 import json
+import logging
+import os
+import shutil
+import stat
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -31,7 +38,7 @@ from torchvision.transforms import v2 as T
 from transferkit._version import __version__
 from transferkit.data.transforms import eval_ops, resize_size
 from transferkit.errors import ConfigError, TransferKitError
-from transferkit.fileio import atomic_write
+from transferkit.fileio import atomic_write, write_text
 from transferkit.spec import BackboneSpec
 
 __all__ = [
@@ -44,6 +51,10 @@ __all__ = [
     "export_onnx",
     "export_torchscript",
     "OnnxModel",
+    "GraphChanged",
+    "record_graph",
+    "open_recorded_graph",
+    "private_graph_dir",
     "preprocess_image",
     "uint8_pipeline",
     "session_options",
@@ -52,6 +63,9 @@ __all__ = [
 INPUT = "images"
 OPSET = 18
 META_KEY = "transferkit"  # one metadata_props entry holding the JSON metadata
+HASH_SUFFIX = ".sha256"  # beside a cached graph: the SHA-256 of its bytes when it was written
+
+logger = logging.getLogger(__name__)
 
 
 def onnx_available() -> bool:
@@ -194,24 +208,38 @@ def session_options(threads: int | None = None) -> Any:
     return options
 
 
+class GraphChanged(TransferKitError):
+    """An ONNX graph's bytes are not the ones recorded when it was written (its SHA-256 differs)."""
+
+
 class OnnxModel:
     """An exported transferkit graph in an ONNX Runtime session on the CPU.
 
     ``metadata`` is the JSON written at export (classes, input size, resize policy, ...); ``run`` takes
-    uint8 ``[N, H, W, 3]`` and returns ``{output name: array}``.
+    uint8 ``[N, H, W, 3]`` and returns ``{output name: array}``. The file is read once: ``sha256`` is the
+    SHA-256 of the bytes the session was built from, and when one is expected (``sha256=``) other bytes are
+    refused (:class:`GraphChanged`) before a session is made of them.
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None, providers: Sequence[str] = ("CPUExecutionProvider",)) -> None:
+    def __init__(self, path: str | Path, threads: int | None = None, providers: Sequence[str] = ("CPUExecutionProvider",),
+                 sha256: str | None = None) -> None:
         require_onnx("running an ONNX model")
         import onnxruntime as ort
 
         self.path = Path(path)
         if not self.path.is_file():
             raise ConfigError(f"ONNX model {self.path} does not exist; write one with `transferkit export RUN --format onnx`")
+        graph = self.path.read_bytes()
+        self.sha256 = hashlib.sha256(graph).hexdigest()
+        if sha256 is not None and sha256 != self.sha256:
+            raise GraphChanged(f"{self.path} has changed since it was written (SHA-256 {self.sha256[:12]}..., "
+                               f"recorded {sha256[:12]}...); export it again (`transferkit serve` and the ONNX engine "
+                               "re-export a cached graph themselves)")
         try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=session_options(threads), providers=list(providers))
+            self.session = ort.InferenceSession(graph, sess_options=session_options(threads), providers=list(providers))
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
             raise TransferKitError(f"{self.path} is not a loadable ONNX model ({str(exc).splitlines()[0]})") from None
+        del graph
         props = self.session.get_modelmeta().custom_metadata_map
         try:
             self.metadata: dict[str, Any] = json.loads(props[META_KEY])
@@ -235,3 +263,62 @@ class OnnxModel:
     def run_batches(self, batches: Iterable[np.ndarray]) -> Iterable[dict[str, np.ndarray]]:
         for batch in batches:
             yield self.run(batch)
+
+
+def _hash_file(graph: Path) -> Path:
+    return graph.with_name(graph.name + HASH_SUFFIX)
+
+
+def record_graph(engine: OnnxModel) -> None:
+    """Write the SHA-256 of the bytes ``engine`` was built from beside its graph (``<graph>.sha256``)."""
+    write_text(_hash_file(engine.path), engine.sha256 + "\n")
+
+
+def open_recorded_graph(path: Path, threads: int | None = None) -> OnnxModel | None:
+    """A cached graph, if its bytes are the ones recorded when it was written (:func:`record_graph`).
+
+    None (after a warning that says why) when the graph or its record is missing, the bytes differ, or the file
+    does not load: the caller exports it again.
+    """
+    if not path.is_file():
+        return None
+    try:
+        recorded = _hash_file(path).read_text(encoding="utf-8").strip()
+    except OSError:
+        logger.warning("the cached ONNX graph %s has no recorded SHA-256 (an older transferkit wrote it); "
+                       "exporting it again", path)
+        return None
+    try:
+        return OnnxModel(path, threads=threads, sha256=recorded)
+    except GraphChanged:
+        logger.warning("the cached ONNX graph %s does not match the SHA-256 recorded when it was written; "
+                       "exporting it again", path)
+    except TransferKitError as exc:
+        logger.warning("the cached ONNX graph %s cannot be used (%s); exporting it again", path, exc)
+    return None
+
+
+def private_graph_dir() -> Path:
+    """A folder for graphs that only this user can write: ``<tmp>/transferkit-onnx-<uid>``, created with mode 0700,
+    or, when that name exists and is not a real folder of this user closed to others (a symlink, another owner,
+    open permissions: someone may have planted it), a fresh :func:`tempfile.mkdtemp` folder removed at exit."""
+    if hasattr(os, "getuid"):
+        shared = Path(tempfile.gettempdir()) / f"transferkit-onnx-{os.getuid()}"
+        try:
+            os.mkdir(shared, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            logger.debug("cannot create %s (%s)", shared, exc)
+        try:
+            info = os.lstat(shared)
+            if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o077:
+                return shared
+            logger.warning("%s is not a private folder of this user (owner uid %d, mode %o, %s); using a fresh "
+                           "temporary folder", shared, info.st_uid, stat.S_IMODE(info.st_mode),
+                           "a symlink" if stat.S_ISLNK(info.st_mode) else "not a symlink")
+        except OSError:
+            pass
+    fresh = Path(tempfile.mkdtemp(prefix="transferkit-onnx-"))
+    atexit.register(shutil.rmtree, fresh, ignore_errors=True)
+    return fresh
