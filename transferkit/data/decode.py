@@ -174,18 +174,25 @@ def load_rgb_bytes(data: bytes, name: str = "<upload>", draft_size: int | None =
     return _guarded(name, draft_size, lambda: _load_rgb(name, draft_size, limit, io.BytesIO(data)))
 
 
-def image_cost(data: bytes, name: str = "<upload>", draft_size: int | None = None) -> DecodeCost:
+def image_cost(data: bytes, name: str = "<upload>", draft_size: int | None = None,
+               max_pixels: int | None = None) -> DecodeCost:
     """What decoding ``data`` with ``draft_size`` would take (:class:`DecodeCost`), from its header alone.
 
     Raises:
-        ImageDecodeError: for bytes that are no usable image (not one, over Pillow's limit, too small, ...).
+        ImageDecodeError: for bytes that are no usable image (not one, over Pillow's limit, too small, ...), and,
+            when ``max_pixels`` is given, for one over that budget (the refusal :func:`load_rgb_bytes` gives).
     """
     if not data:
         raise ImageDecodeError(name, "empty file (0 bytes)")
+    limit = None if max_pixels is None else max_pixels_limit(max_pixels)
 
     def read() -> DecodeCost:
         with _open(name, io.BytesIO(data)) as img:
-            return _prepare(name, img, draft_size)
+            stored_size = img.size
+            cost = _prepare(name, img, draft_size)
+        if limit is not None:
+            _check_budget(name, cost, stored_size, limit)
+        return cost
 
     return _guarded(name, draft_size, read)
 

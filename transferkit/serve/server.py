@@ -20,11 +20,13 @@ import errno
 import json
 import os
 import socket
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from transferkit.errors import ConfigError
+from transferkit.serve.inputs import (DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_IMAGES, DEFAULT_MAX_PENDING, DEFAULT_MAX_PIXELS,
+                                     DEFAULT_MAX_REQUEST_PIXELS, DEFAULT_MAX_UPLOAD_BYTES)
 
 __all__ = ["ServeSettings", "SETTINGS_ENV", "prepare", "thread_plan", "app_from_settings", "app_from_env", "serve",
            "check_port"]
@@ -43,9 +45,16 @@ class ServeSettings:
     decode_threads: int
     max_batch: int = 32
     max_wait_ms: float = 5.0
-    max_upload_bytes: int = 20 * 2 ** 20
-    max_images: int = 64
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    max_images: int = DEFAULT_MAX_IMAGES
     top_k: int = 3
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    max_pending: int = DEFAULT_MAX_PENDING
+    host: str | None = None  # where the server listens (a loopback address turns on the Host check)
+    port: int | None = None
+    onnx_sha256: str | None = None  # the graph's SHA-256, checked by every worker before it opens the graph
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -65,7 +74,9 @@ def thread_plan(workers: int, cores: int | None = None) -> tuple[int, int]:
 
 
 def prepare(run_dir: str | os.PathLike[str], *, workers: int = 1, max_batch: int = 32, max_wait_ms: float = 5.0,
-            max_upload_bytes: int = 20 * 2 ** 20, max_images: int = 64, top_k: int = 3,
+            max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_images: int = DEFAULT_MAX_IMAGES, top_k: int = 3,
+            max_pixels: int = DEFAULT_MAX_PIXELS, max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS,
+            max_concurrency: int = DEFAULT_MAX_CONCURRENCY, max_pending: int = DEFAULT_MAX_PENDING,
             say: Callable[[str], None] = lambda line: None) -> ServeSettings:
     """Check the options, load the run, export (or reuse) its ONNX graph, and return the workers' settings."""
     checks = [(workers >= 1, f"--workers {workers}: give at least 1"),
@@ -73,7 +84,12 @@ def prepare(run_dir: str | os.PathLike[str], *, workers: int = 1, max_batch: int
               (max_wait_ms >= 0, f"--max-wait-ms {max_wait_ms}: give 0 or more milliseconds"),
               (max_upload_bytes >= 1024, f"--max-upload-mb {max_upload_bytes / 2 ** 20:g}: give at least 0.001 (1 KB)"),
               (max_images >= 1, f"--max-images {max_images}: give at least 1"),
-              (top_k >= 1, f"--top-k {top_k}: give at least 1")]
+              (top_k >= 1, f"--top-k {top_k}: give at least 1"),
+              (max_pixels >= 64, f"--max-pixels {max_pixels}: give at least 64 (the default is {DEFAULT_MAX_PIXELS})"),
+              (max_request_pixels >= max_pixels, f"--max-request-pixels {max_request_pixels}: give at least "
+                                                 f"--max-pixels ({max_pixels}), or one image could never be sent"),
+              (max_concurrency >= 1, f"--max-concurrency {max_concurrency}: give at least 1"),
+              (max_pending >= 1, f"--max-pending {max_pending}: give at least 1")]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
@@ -86,7 +102,9 @@ def prepare(run_dir: str | os.PathLike[str], *, workers: int = 1, max_batch: int
     engine = run_engine(run, threads=threads)
     return ServeSettings(run=str(run.path), onnx_path=str(engine.path), spec=run.spec.to_dict(), threads=threads,
                          decode_threads=decode_threads, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                         max_upload_bytes=max_upload_bytes, max_images=max_images, top_k=top_k)
+                         max_upload_bytes=max_upload_bytes, max_images=max_images, top_k=top_k, max_pixels=max_pixels,
+                         max_request_pixels=max_request_pixels, max_concurrency=max_concurrency,
+                         max_pending=max_pending, onnx_sha256=engine.sha256)
 
 
 def app_from_settings(settings: ServeSettings) -> Any:
@@ -95,10 +113,13 @@ def app_from_settings(settings: ServeSettings) -> Any:
     from transferkit.serve.app import create_app
     from transferkit.spec import BackboneSpec
 
-    engine = OnnxModel(settings.onnx_path, threads=settings.threads)
+    engine = OnnxModel(settings.onnx_path, threads=settings.threads, sha256=settings.onnx_sha256)
     return create_app(engine, BackboneSpec.from_dict(settings.spec), max_batch=settings.max_batch,
                       max_wait_ms=settings.max_wait_ms, max_upload_bytes=settings.max_upload_bytes,
-                      max_images=settings.max_images, top_k=settings.top_k, decode_threads=settings.decode_threads)
+                      max_images=settings.max_images, top_k=settings.top_k, decode_threads=settings.decode_threads,
+                      max_pixels=settings.max_pixels, max_request_pixels=settings.max_request_pixels,
+                      max_concurrency=settings.max_concurrency, max_pending=settings.max_pending,
+                      bound_host=settings.host, port=settings.port)
 
 
 def app_from_env() -> Any:
@@ -136,15 +157,21 @@ def url_of(host: str, port: int) -> str:
 
 def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
           log_level: str = "warning") -> None:
-    """Run the service until interrupted (one process, or ``workers`` uvicorn worker processes)."""
+    """Run the service until interrupted (one process, or ``workers`` uvicorn worker processes).
+
+    The app checks the Host header when ``host`` is a loopback address; uvicorn's own ``limit_concurrency`` (a
+    plain 503 for connections and requests far beyond the app's --max-concurrency) is a backstop.
+    """
     import uvicorn
 
+    settings = replace(settings, host=host, port=port)
+    backstop = 4 * settings.max_concurrency + 64  # keep-alive connections count too: far above the app's gate
+    options = dict(host=host, port=port, log_level=log_level, access_log=False, limit_concurrency=backstop)
     if workers == 1:
-        uvicorn.run(app_from_settings(settings), host=host, port=port, log_level=log_level, access_log=False)
+        uvicorn.run(app_from_settings(settings), **options)
         return
     os.environ[SETTINGS_ENV] = settings.to_json()  # inherited by the worker processes
-    uvicorn.run(f"{__name__}:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level, access_log=False)
+    uvicorn.run(f"{__name__}:app_from_env", factory=True, workers=workers, **options)
 
 
 def describe(settings: ServeSettings, host: str, port: int, workers: int) -> list[str]:
@@ -154,4 +181,7 @@ def describe(settings: ServeSettings, host: str, port: int, workers: int) -> lis
             f"  page: {url}   predict: POST {url}v1/predict   health: {url}v1/health   metadata: {url}v1/metadata",
             f"  {workers} worker(s) x ({settings.threads} ONNX Runtime thread(s) + {settings.decode_threads} decoding "
             f"thread(s)); batches of up to {settings.max_batch} images, waiting up to {settings.max_wait_ms:g} ms; "
-            f"uploads up to {settings.max_upload_bytes / 2 ** 20:g} MB per request. Ctrl-C stops it."]
+            f"uploads up to {settings.max_upload_bytes / 2 ** 20:g} MB and {settings.max_images} images per request, "
+            f"{settings.max_pixels:,} pixels per image and {settings.max_request_pixels:,} per request; "
+            f"{settings.max_concurrency} requests in flight and {settings.max_pending} images waiting per worker "
+            "(503 beyond). Ctrl-C stops it."]

@@ -18,7 +18,7 @@ def test_help_lists_every_option():
     result = CliRunner().invoke(app, ["serve", "--help"])
     assert result.exit_code == 0
     for flag in ("--host", "--port", "--workers", "--max-batch", "--max-wait-ms", "--max-upload-mb", "--max-images",
-                 "--top-k"):
+                 "--top-k", "--max-pixels", "--max-request-pixels", "--max-concurrency", "--max-pending"):
         assert flag in result.output, flag
 
 
@@ -35,7 +35,12 @@ def test_a_port_in_use_is_refused_before_the_run_is_loaded(tmp_path: Path):
 @pytest.mark.parametrize("args, phrase", [(["--workers", "0"], "--workers 0"), (["--max-batch", "0"], "--max-batch 0"),
                                           (["--max-wait-ms", "-1"], "--max-wait-ms"),
                                           (["--max-upload-mb", "0"], "--max-upload-mb"), (["--top-k", "0"], "--top-k 0"),
-                                          (["--port", "70000"], "not a TCP port")])
+                                          (["--port", "70000"], "not a TCP port"),
+                                          (["--max-pixels", "0"], "--max-pixels 0"),
+                                          (["--max-pixels", "1000", "--max-request-pixels", "999"],
+                                           "--max-request-pixels 999"),
+                                          (["--max-concurrency", "0"], "--max-concurrency 0"),
+                                          (["--max-pending", "0"], "--max-pending 0")])
 def test_bad_options_are_one_line_errors(tmp_path: Path, args: list[str], phrase: str):
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
@@ -71,6 +76,14 @@ def test_settings_survive_the_trip_through_the_environment():
     assert ServeSettings.from_json(settings.to_json()) == settings
     lines = describe(settings, "0.0.0.0", 9000, 2)
     assert "http://127.0.0.1:9000/" in lines[0] and "2 worker(s) x (2 ONNX Runtime" in lines[2]
+
+
+def test_the_cli_defaults_are_the_decoders():
+    from transferkit.data.decode import DEFAULT_MAX_PIXELS
+    from transferkit.serve import inputs
+
+    assert inputs.DEFAULT_MAX_PIXELS == DEFAULT_MAX_PIXELS  # written out in inputs to keep --help free of numpy
+    assert inputs.DEFAULT_MAX_REQUEST_PIXELS >= inputs.DEFAULT_MAX_PIXELS
 
 
 def test_urls_for_hosts():
