@@ -126,8 +126,8 @@ class _Predictions:
         if not ready:
             failed = "; ".join(f"{row['name']}: {row['error']}" for row in results[:3])
             more = f" (and {len(results) - 3} more)" if len(results) > 3 else ""
-            what = "the image" if len(results) == 1 else f"none of the {len(results)} images"
-            return JSONResponse({"error": f"{what} could not be used: {failed}{more}", "results": results}, status_code=422)
+            what = "the image could not be used" if len(results) == 1 else f"none of the {len(results)} images could be used"
+            return JSONResponse({"error": f"{what}: {failed}{more}", "results": results}, status_code=422)
         probs = await self.batcher.submit([decoded[i] for i in ready])
         stats = self.batcher.stats
         self.admission.images_per_s = stats.images / stats.busy_s if stats.busy_s > 0 else 0.0

@@ -259,7 +259,8 @@ def _read_json(body: bytes) -> tuple[list[Upload], Any]:
     except RecursionError:
         raise RequestError(400, f"the JSON body is nested too deeply; send {example}") from None
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, NaN/Infinity, a number of 4300+ digits
-        raise RequestError(400, f"the body is not valid JSON ({_cut(str(exc))}); send {example}") from None
+        detail = "a number has thousands of digits" if "digits" in str(exc) else _cut(str(exc))
+        raise RequestError(400, f"the body is not valid JSON ({detail}); send {example}") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("images"), list):
         raise RequestError(422, f"the JSON body needs a list under \"images\"; send {example}")
     uploads = []

@@ -290,6 +290,37 @@ def test_more_files_than_allowed_are_413_while_streaming(settings: ServeSettings
     assert len(sent) < len(chunks)
 
 
+def test_a_stalled_body_is_408_and_frees_its_place(settings: ServeSettings, monkeypatch: pytest.MonkeyPatch):
+    """A client that stops sending its body would hold one of the --max-concurrency places for ever."""
+    import transferkit.serve.inputs as inputs
+
+    monkeypatch.setattr(inputs, "BODY_IDLE_SECONDS", 0.3)
+    app, _ = make_app(settings, max_concurrency=1)
+    calls: list[int] = []
+
+    async def main() -> tuple[int, dict, float]:
+        messages: list[dict] = []
+
+        async def receive() -> dict:
+            calls.append(1)
+            if len(calls) > 1:
+                await asyncio.sleep(30)  # the client went quiet
+            return {"type": "http.request", "body": b"--xyz\r\n", "more_body": True}
+
+        async def send(message: dict) -> None:
+            messages.append(message)
+
+        started = time.perf_counter()
+        await app(_scope(), receive, send)
+        status = next(m for m in messages if m["type"] == "http.response.start")["status"]
+        body = json.loads(b"".join(m.get("body", b"") for m in messages[1:]))
+        return status, body, time.perf_counter() - started
+
+    status, body, seconds = asyncio.run(main())
+    assert status == 408 and "stopped arriving" in body["error"] and seconds < 5
+    assert app.state.admission.in_flight == 0
+
+
 def test_a_real_server_answers_503_early_and_421_to_a_foreign_host(settings: ServeSettings):
     """uvicorn on a free loopback port: the admission gate and the Host check over real HTTP."""
     import uvicorn
