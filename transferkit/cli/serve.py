@@ -42,8 +42,8 @@ def serve(
     max_images: int = typer.Option(DEFAULT_MAX_IMAGES, "--max-images", help="The most images in one request (413 beyond)."),
     top_k: int = typer.Option(3, "--top-k", help="Classes per image when a request does not say (top_k=)."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels",
-                                   help="Decoding budget of one image, in pixels (8 bytes each; JPEGs count at their "
-                                        "reduced draft size, 16-bit/alpha/WebP count more), read from its header "
+                                   help="Decoding budget of one image, in pixels (8 bytes each; a JPEG counts at its "
+                                        "reduced draft size, WebP and TIFF count more), read from its header "
                                         "before decoding (an error row beyond)."),
     max_request_pixels: int = typer.Option(DEFAULT_MAX_REQUEST_PIXELS, "--max-request-pixels",
                                            help="Decoding budget of one request's images together (413 beyond)."),
