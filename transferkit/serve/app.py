@@ -58,10 +58,10 @@ logger = logging.getLogger(__name__)
 
 # Why the defaults (DEFAULT_* in transferkit.serve.inputs): --max-pixels 4096 x 4096, the decoder's own budget
 # (transferkit.data.decode.DEFAULT_MAX_PIXELS); --max-request-pixels 64 MP, 64 images of a megapixel (a phone photo
-# decodes to ~0.2 MP at its JPEG draft scale) or four at the per-image limit, about a second of decoding on one
-# core; --max-concurrency 16 per worker: each may hold a body of up to --max-upload-mb, and on 2 cores 16 clients
-# already wait ~0.5 s each (benchmarks/serve_load.py), so more in flight adds latency and memory, not throughput;
-# --max-pending 256 images waiting, ~5 s of work at the measured ~50 images/s on 2 cores.
+# decodes to ~0.2 MP at its JPEG draft scale) or four at the per-image limit, 1-3 s of decoding (PNG decodes at
+# 20-70 MP/s on one core); --max-concurrency 16 per worker: each may hold a body of up to --max-upload-mb, and on
+# 2 cores 16 clients already wait ~0.5 s each (benchmarks/serve_load.py), so more in flight adds latency and
+# memory, not throughput; --max-pending 256 images waiting, ~5 s of work at the measured ~50 images/s on 2 cores.
 ROUTES = "GET / (the page), POST /v1/predict, GET /v1/health, GET /v1/metadata"
 _PRIVATE_METADATA = ("run",)  # the server's own file paths are not the client's business
 
