@@ -26,7 +26,7 @@ from transferkit.engine.checkpoint import (
 )
 from transferkit.data.balance import class_weights, measure_balance, resolve_balancing
 from transferkit.engine.balancing import choose_tau, fold_into_head
-from transferkit.engine.calibration import fit_calibration, temperature_of, tempered, test_calibration
+from transferkit.engine.calibration import fit_calibration, fits_temperature, temperature_of, tempered, test_calibration
 from transferkit.engine.l2sp import L2SP
 from transferkit.engine.loop import StepContext, pick_device, predict_loader, train_one_epoch
 from transferkit.engine.oom import oom_guard
@@ -323,9 +323,16 @@ class Trainer:
         apply_plan(self.model, self.index, self.optimizer, self.plan, epoch, toggle_requires_grad=not self.dist.enabled)
         tick = time.perf_counter()
         selection = self.data.selection  # the split that chooses (epoch, L2 strength); a test split never does
-        fit = self.cached.fit_probe(selection, self._selection_score, self._probe_class_weight())
+        # refitted on train + selection once the strength is chosen, unless the selection split still chooses
+        # something after the probe (a later phase's epoch, the temperature, tau, a hook); benchmarks/defaults_cv.py
+        later = done < self.epochs or bool(self.hooks) or self.balancing.logit_adjust == "tuned" or fits_temperature(
+            self.cfg.engine.calibrate, len(selection))
+        fit = self.cached.fit_probe(selection, self._selection_score, self._probe_class_weight(), refit_with_selection=not later)
         self.reporter.say(f"head: {fit.describe()} in place of {done - epoch} head-only epoch(s); "
                           "engine.epochs, optim.lr, label smoothing and dropout do not apply to it")
+        if fit.refit_on != "train":
+            self.reporter.say("the selection figures below are in-sample (the probe was refitted on those images); "
+                              "the held-out figures are the fold scores in summary.json's head_fit")
         chosen = self._score_selection(cached=True)
         state.step += self.steps_per_epoch * (done - epoch)
         state.head_fit = {"method": "probe", "replaces_epochs": done - epoch, **fit.record()}
@@ -335,7 +342,8 @@ class Trainer:
                   "lr": {g: (0.0 if scale == 0 else None) for g, scale in self.plan.at(epoch).items()},
                   "trainable_groups": self.plan.trainable_groups(epoch),
                   "head_fit": {k: v for k, v in state.head_fit.items() if k != "fit_s"},  # values repeat bit for bit; times do not
-                  "time_s": time.perf_counter() - tick}
+                  "time_s": time.perf_counter() - tick,
+                  **({"selection_in_sample": True} if fit.refit_on != "train" else {})}
         state.epoch = done
         self._track_best(chosen, done - 1)
         self._end_epoch(done - 1, record)

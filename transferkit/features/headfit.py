@@ -13,8 +13,8 @@ are cached and every epoch draws one of them per image; with K = 0 the head trai
 A linear head is not trained by those epochs at all when the rows fit in memory
 (``model.head_fit`` auto or probe, :func:`probe_planned`): the whole head-only phase becomes one
 converged, L2-tuned logistic regression (:mod:`transferkit.features.probe`), fitted on the cached
-training rows (every cached view is an extra row) with the L2 strength chosen on the selection
-split. Epochs of the optimizer stop wherever the schedule ends, regularised by label smoothing, dropout
+training rows (every cached view is an extra row) with the L2 strength chosen on held-out data (the
+selection split, or k-fold cross-validation over train + selection when the selection split is small). Epochs of the optimizer stop wherever the schedule ends, regularised by label smoothing, dropout
 and the epoch budget rather than by a strength chosen on held-out data. The MLP head, and
 any training set beyond :data:`~transferkit.features.probe.PROBE_MAX_BYTES`, keep the epochs
 (streamed from the store above :data:`MEMORY_BUDGET`).
@@ -201,15 +201,18 @@ class CachedHead:
         return self._set(self.data.train).batches(e.batch_size, shuffle=True, seed=e.seed, epoch=epoch,
                                                   balanced=self.cfg.data.sampler == "balanced")
 
-    def fit_probe(self, selection: Sequence[Any], score: Score, class_weight: Mapping[int, float] | None = None) -> ProbeFit:
+    def fit_probe(self, selection: Sequence[Any], score: Score, class_weight: Mapping[int, float] | None = None,
+                  refit_with_selection: bool = False) -> ProbeFit:
         """Fit the converged linear probe on the training rows, choose its L2 strength with ``selection``
         (the split that chooses; never a test split) and ``score(labels, probs)``, and load the folded
         weights into the head's Linear (its Dropout stays for later fine-tuning; it is inert in eval).
 
         How the strength is chosen (:func:`~transferkit.features.probe.fit_linear_probe`): on the selection
         split when it has at least :data:`~transferkit.features.probe.CV_BELOW` images; with fewer, by
-        k-fold cross-validation over train + selection, the probe then refitted on train alone; with none
-        (``--select last``), by k-fold cross-validation on train. The cached views of one image stay in one fold.
+        k-fold cross-validation over train + selection; with none (``--select last``), by k-fold
+        cross-validation on train. The cached views of one image stay in one fold. The chosen probe is fitted on
+        train, or on train + selection with ``refit_with_selection`` (the trainer asks for it only when the
+        selection split chooses nothing after the probe).
         """
         linears = [m for m in self.model.head.modules() if isinstance(m, torch.nn.Linear)]
         if len(linears) != 1:
@@ -219,7 +222,8 @@ class CachedHead:
         groups = np.tile(np.arange(len(train)), len(train.views))  # matrix() stacks the views view by view
         chooser = self._set(selection).matrix() if len(selection) else None
         fit = fit_linear_probe(train_x, train_y, chooser, n_classes=linears[0].out_features, score=score, groups=groups,
-                               class_weight=None if class_weight is None else dict(class_weight))
+                               class_weight=None if class_weight is None else dict(class_weight),
+                               refit_with_selection=refit_with_selection and chooser is not None)
         fit.load_into(linears[0])
         return fit
 

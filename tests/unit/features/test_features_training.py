@@ -105,7 +105,8 @@ def test_second_run_reuses_the_cache_and_the_model_is_complete(tiny_folder, tmp_
 
 def test_lp_ft_head_phase_uses_the_cache_then_finetunes(tiny_folder, tmp_path, counted):
     result = tk.train(tiny_folder, out=str(tmp_path / "lpft"), strategy="lp-ft", warmup_epochs=1, **dict(TINY, epochs=2))
-    assert counted["images"] == 36
+    data = result.summary["data"]  # train + selection: the test split is evaluated by the fine-tuned model, never embedded
+    assert counted["images"] == data["n_train"] + data["n_selection"] == 36 - data["n_test"]
     records = [json.loads(line) for line in (tmp_path / "lpft" / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["trainable_groups"] == ["head"] and len(records[1]["trainable_groups"]) > 1
     assert result.summary["epochs_run"] == 2

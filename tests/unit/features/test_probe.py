@@ -83,7 +83,7 @@ def test_absent_class_never_wins_and_grid_is_recorded():
     x, y = _blobs(200, classes=3)
     fit = fit_linear_probe(x, y, _blobs(60, classes=3, seed=1), n_classes=5)
     assert fit.weight.shape == (5, 40) and (fit.logits(x).argmax(1) < 3).all()
-    assert [(c["scaling"], c["l2"]) for c in fit.grid] == [("feature", l2) for l2 in sorted(probe.L2_GRID)]
+    assert [(c["scaling"], c["l2"]) for c in fit.grid] == [(probe.SCALINGS[0], l2) for l2 in sorted(probe.L2_GRID)]
     assert fit.l2 in probe.L2_GRID and fit.scaling in probe.SCALINGS
     assert {"scaling", "l2", "C", "score", "nll", "iterations", "converged"} <= set(fit.grid[0])
     both = fit_linear_probe(x, y, _blobs(60, classes=3, seed=1), scalings=("feature", "global"))

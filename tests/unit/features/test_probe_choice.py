@@ -18,6 +18,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
 import transferkit as tk
+import transferkit.features.lbfgs as lbfgs
 import transferkit.features.probe as probe
 from conftest import TINY, make_image_folder
 from transferkit.features.probe import fit_linear_probe
@@ -46,7 +47,7 @@ def test_a_small_selection_split_chooses_by_cross_validation_over_train_and_sele
     assert record["folds"] == 5 and record["grid"][0]["fold_nll"] and "cross-validation" in record["selected_on"]
     # the probe itself is fitted on the training rows alone (the selection split stays held out)
     z = (x.astype(np.float64) - fit.mean) / fit.std
-    alone = LogisticRegression(C=1.0 / (fit.l2 * len(y)), max_iter=probe.MAX_ITER, tol=probe.TOL).fit(z, y)
+    alone = LogisticRegression(C=1.0 / (fit.l2 * len(y)), max_iter=lbfgs.MAX_ITER, tol=lbfgs.TOL).fit(z, y)
     np.testing.assert_allclose(fit.predict_proba(x), alone.predict_proba(z), atol=1e-6)
     assert fit.train_rows == 150
 
@@ -78,13 +79,13 @@ class _LineSearchFails(LogisticRegression):
 
 
 def test_a_convergence_warning_before_the_iteration_limit_is_not_convergence(monkeypatch):
-    monkeypatch.setattr(probe, "LogisticRegression", _LineSearchFails)
+    monkeypatch.setattr(lbfgs, "LogisticRegression", _LineSearchFails)
     x, y = _blobs(90)
     with warnings.catch_warnings(record=True) as leaked:
         warnings.simplefilter("always")
         fit = fit_linear_probe(x, y, _blobs(probe.CV_BELOW, seed=1), l2_grid=(1e-2, 1e-1))
     assert not [w for w in leaked if issubclass(w.category, ConvergenceWarning)]  # recorded, not printed
-    assert all(c["iterations"] < probe.MAX_ITER for c in fit.grid)
+    assert all(c["iterations"] < lbfgs.MAX_ITER for c in fit.grid)
     assert not any(c["converged"] for c in fit.grid) and not fit.converged
     assert fit.convergence_note.startswith("did not converge (the solver stopped after")
     assert "line search failed" in fit.convergence_note
@@ -92,7 +93,7 @@ def test_a_convergence_warning_before_the_iteration_limit_is_not_convergence(mon
 
 
 def test_a_run_says_how_the_strength_was_chosen_and_that_the_probe_did_not_converge(tmp_path: Path, monkeypatch, capsys):
-    monkeypatch.setattr(probe, "MAX_ITER", 2)
+    monkeypatch.setattr(lbfgs, "MAX_ITER", 2)
     data = tmp_path / "data"
     make_image_folder(data / "train", {"a": 10, "b": 10}, seed=1)
     make_image_folder(data / "val", {"a": 4, "b": 4}, seed=2)
@@ -110,3 +111,30 @@ def test_a_run_says_how_the_strength_was_chosen_and_that_the_probe_did_not_conve
     assert line["head_fit"]["converged"] is False and line["head_fit"]["grid"][0]["fold_score"]
     report = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
     assert "did not converge in 2 iterations" in report and "cross-validation on train + selection" in report
+
+
+@pytest.mark.parametrize("case", ["feature-extraction", "lp-ft", "calibrated"])
+def test_the_probe_is_refitted_on_train_and_selection_only_when_the_selection_split_chooses_nothing_after_it(
+        case: str, tmp_path: Path, monkeypatch):
+    import transferkit.engine.calibration as calibration
+
+    data = tmp_path / "data"
+    make_image_folder(data / "train", {"a": 10, "b": 10}, seed=1)
+    make_image_folder(data / "val", {"a": 4, "b": 4}, seed=2)
+    make_image_folder(data / "test", {"a": 5, "b": 5}, seed=3)
+    settings = dict(TINY, strategy="lp-ft", warmup_epochs=1, epochs=2) if case == "lp-ft" else dict(TINY)
+    if case == "calibrated":
+        monkeypatch.setattr(calibration, "MIN_SELECTION", 1)  # the 8 val images now fit the temperature
+    summary = tk.train(data, out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"), **settings).summary
+    head = summary["head_fit"]
+    if case == "feature-extraction":  # nothing after the probe chooses on val/: it joins the final fit
+        assert head["refit_on"] == "train + selection" and head["train_rows"] == 28
+        assert head["selected_on"].endswith("; refitted on train + selection")
+        assert summary["calibration"]["method"] == "none"
+        line = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+        assert line["selection_in_sample"] is True  # its selection figures were fitted on: said so
+    else:  # val/ still chooses the fine-tuning epoch or the temperature: it stays held out
+        assert head["refit_on"] == "train" and head["train_rows"] == 20
+        assert head["selected_on"].endswith("; refitted on train")
+        line = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+        assert "selection_in_sample" not in line
