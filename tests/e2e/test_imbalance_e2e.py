@@ -125,9 +125,9 @@ def test_the_balanced_sampler_trains_on_the_cached_and_the_image_path(folder, tm
         batches.append((labels.cpu().numpy(), ctx.class_weights))
         return real_loss(logits, labels, ctx)
 
-    def spy_probe(self, selection, score, class_weight=None):
+    def spy_probe(self, selection, score, class_weight=None, **kwargs):
         probe_weights.append(class_weight)
-        return real_probe(self, selection, score, class_weight)
+        return real_probe(self, selection, score, class_weight, **kwargs)
 
     monkeypatch.setattr(loop_mod, "classification_loss", spy_loss)
     monkeypatch.setattr(CachedHead, "fit_probe", spy_probe)

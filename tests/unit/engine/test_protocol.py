@@ -69,7 +69,7 @@ def test_relabelling_the_test_split_changes_no_choice_and_no_weight(three_splits
 class _ImageReads:
     """Every read of an image file, flagged with whether a run was training or selecting at the time.
 
-    Hooks the one decoder every path goes through (``decode._decode_or_raise``: the plain loaders' and the
+    Hooks the one decoder every path goes through (``decode._load_rgb``, behind ``load_rgb`` and ``check_image``: the plain loaders' and the
     embedding cache's ``load_rgb``, the GPU path's raw decode, validation) and the hash of a file's bytes that
     keys the embedding cache (``file_digest``, taken before embedding and checked again after decoding). A run
     "trains or selects" from the end of its set-up until it first evaluates its test split (in ``_finish``,
@@ -79,7 +79,7 @@ class _ImageReads:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.reads: list[tuple[bool, str, Path]] = []
         self.fitting = False
-        real_decode, real_digest = decode._decode_or_raise, digests.file_digest
+        real_decode, real_digest = decode._load_rgb, digests.file_digest
         real_setup, real_evaluate = Trainer._setup, Trainer._evaluate
         reads = self
 
@@ -101,7 +101,7 @@ class _ImageReads:
                 reads.fitting = False  # the test split's one evaluation: everything is chosen by now
             return real_evaluate(trainer, samples, *args, **kwargs)
 
-        monkeypatch.setattr(decode, "_decode_or_raise", logging_decode)
+        monkeypatch.setattr(decode, "_load_rgb", logging_decode)
         monkeypatch.setattr(digests, "file_digest", logging_digest)
         monkeypatch.setattr(extract, "file_digest", logging_digest)
         monkeypatch.setattr(Trainer, "_setup", setup)
