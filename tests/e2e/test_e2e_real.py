@@ -25,13 +25,13 @@ from conftest import require_dataset
 from report_pages import RUN_SECTIONS, assert_self_contained
 from test_report_browser import assert_renders_cleanly, chromium, render
 
-# Accuracy floor on the 153 validation photos (70 ants, 83 bees). Measured (seed 0, 1, 2): the converged
-# logistic-regression head fitted on the cached embeddings gives 0.948 (145/153) at every seed (the fit is
-# deterministic; 0.954 with a later revision of that fit); the former epoch-wise head (model.head_fit=sgd,
-# 10 epochs) gave 0.967, 0.954, 0.961. The floor 0.90 (138/153) leaves 7 photos of margin under the worst of
-# these for thread-count and library noise, and is far above what a broken pipeline reaches: random backbone
-# weights 0.614; always "bees" 0.542.
-ACCURACY_FLOOR = 0.90
+# Accuracy floor on the 153 validation photos (70 ants, 83 bees), seed 0 at the defaults. Measured: the probe
+# with its L2 strength chosen on the 37 selection photos gave 0.928-0.941; chosen by 5-fold cross-validation over
+# train + selection and refitted on both (the defaults since benchmarks/defaults_cv.py) it gives 0.948 (145/153),
+# the ResNet-18 tutorial's figure and the bar this floor holds. The fit is deterministic (one BLAS thread); the
+# test photo nearest the boundary has p = 0.509, a logit 0.037 from flipping, far beyond thread-count noise in
+# the embeddings (~1e-5). A broken pipeline is far below: random backbone weights 0.614, always "bees" 0.542.
+ACCURACY_FLOOR = 145 / 153
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,8 @@ def test_feature_extraction_on_real_insects_is_accurate(insects: SimpleNamespace
     assert s["params"]["trainable"] < 0.01 * s["params"]["total"]  # the head only
     assert any(p.is_file() and p.stat().st_size > 0 for p in insects.cache.rglob("*")), "no embedding was cached"
     m = s["metrics"]
-    assert m["accuracy"] >= ACCURACY_FLOOR, m
-    assert m["balanced_accuracy"] >= ACCURACY_FLOOR, m  # not by calling everything a bee
+    assert m["accuracy"] >= ACCURACY_FLOOR - 1e-9, m
+    assert m["balanced_accuracy"] >= 0.9, m  # not by calling everything a bee
     print(f"hymenoptera feature extraction: accuracy {m['accuracy']:.4f}, run {insects.wall_s:.1f} s")
 
 
