@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
 import re
 import sys
@@ -28,12 +29,51 @@ def _load(name: str) -> Any:
 
 
 # block -> (its result files, the script that writes them); tests/e2e/test_readme_results.py checks that every
-# file records that script, with the digest of the script as it is now (benchmarks/provenance.py)
+# figure shown comes from a file that records that script, with the digest of the script as it is now
+# (benchmarks/provenance.py)
 SOURCES: dict[str, tuple[tuple[str, ...], str]] = {}
 
 
-def _from(name: str | tuple[str, ...], script: str) -> Callable[[Callable[..., str]], Callable[[], str]]:
-    """A renderer of the result file(s) ``name``; while one is missing the block says which script measures it."""
+def provenance_records(data: Any, where: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """Every ``provenance`` record in ``data`` (a result file or one data set's section), with where it sits."""
+    found = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if key == "provenance" and isinstance(value, dict):
+                found.append((where or "top level", value))
+            else:
+                found += provenance_records(value, f"{where}.{key}" if where else str(key))
+    return found
+
+
+def stale(data: Any, script: str) -> list[str]:
+    """Why ``data`` cannot be shown as a current measurement: it records no provenance, another script, or
+    ``script`` as it was before an edit (so its figures may come from code or statistics since replaced)."""
+    records = provenance_records(data)
+    if not records:
+        return ["records no provenance (measured before result files named their script, and before the current "
+                "intervals and verdicts)"]
+    digest = hashlib.sha256((REPO / script).read_bytes()).hexdigest()
+    problems = []
+    for where, record in records:
+        if record.get("script") != script:
+            problems.append(f"[{where}] was written by {record.get('script')!r}, not {script}")
+        elif record.get("script_sha256") != digest:
+            problems.append(f"[{where}] was written by an earlier version of {script}")
+        elif script not in record.get("command", "") or not record.get("versions", {}).get("torch"):
+            problems.append(f"[{where}] records no command or library versions")
+    return problems
+
+
+def withdrawn(reasons: list[str], script: str) -> str:
+    return (f"(Withdrawn until re-measured: {'; '.join(reasons)}. Its figures are not shown here; "
+            f"`python {script}` measures them again.)\n")
+
+
+def _from(name: str | tuple[str, ...], script: str, by_section: bool = False) -> Callable[[Callable[..., str]], Callable[[], str]]:
+    """A renderer of the result file(s) ``name``; while one is missing the block says which script measures it,
+    and while one is :func:`stale` the block is withdrawn instead of showing its figures (``by_section``: the
+    renderer withdraws the stale files or data sets itself, row by row, and shows the current ones)."""
     names = (name,) if isinstance(name, str) else tuple(name)
 
     def wrap(render: Callable[..., str]) -> Callable[[], str]:
@@ -44,7 +84,12 @@ def _from(name: str | tuple[str, ...], script: str) -> Callable[[Callable[..., s
             missing = [n for n in names if not (RESULTS / n).exists()]
             if missing:
                 return f"(not yet measured: run `python {script}`)\n"
-            return render(*[_load(n) for n in names])
+            files = [_load(n) for n in names]
+            if not by_section:
+                reasons = [f"benchmarks/results/{n} {r}" for n, d in zip(names, files) for r in stale(d, script)]
+                if reasons:
+                    return withdrawn(reasons, script)
+            return render(*files)
         return block
     return wrap
 
@@ -55,12 +100,16 @@ def _pm(mean: float | None, std: float | None) -> str:
     return f"{mean:.3f} ± {std:.3f}" if std else f"{mean:.3f} ± 0"
 
 
-@_from("accuracy.json", "benchmarks/accuracy.py")
+@_from("accuracy.json", "benchmarks/accuracy.py", by_section=True)
 def accuracy(d: Any) -> str:
     """Test accuracy (95% interval over images) and the paired verdict, feature extraction vs fine-tuning."""
     lines = ["| data (n test, seeds, epochs) | feature extraction | fine-tuning |", "|---|---|---|"]
     for name, row in d.items():
         if name == "provenance":
+            continue
+        if stale(row, "benchmarks/accuracy.py"):
+            lines.append(f"| {name}: withdrawn until `python benchmarks/accuracy.py --datasets {name}` re-measures it "
+                         "(" + "; ".join(stale(row, "benchmarks/accuracy.py")) + ") | – | – |")
             continue
         v = row["verdicts"]
         cells = [_verdict_cell(v, s) for s in ("feature-extraction", "finetune")]
@@ -85,11 +134,16 @@ def _verdict_cell(verdicts: dict[str, Any], name: str) -> str:
     return f"{row['mean']:.3f} [{lo:.3f}, {hi:.3f}] {VERDICT_MARK.get(mark, mark)}{models}"
 
 
-@_from(tuple(file for _, file in COMPARE), "benchmarks/compare_strategies.py")
+@_from(tuple(file for _, file in COMPARE), "benchmarks/compare_strategies.py", by_section=True)
 def compare(*files: Any) -> str:
     """Test accuracy, mean over seeds with its 95% interval, and the paired verdict to the best row."""
     lines = ["| data (n test, seeds) | " + " | ".join(STRATEGIES) + " |", "|---" * (len(STRATEGIES) + 1) + "|"]
-    for (label, _), d in zip(COMPARE, files):
+    for (label, name), d in zip(COMPARE, files):
+        reasons = stale(d, "benchmarks/compare_strategies.py")
+        if reasons:
+            lines.append(f"| {label}: withdrawn until re-measured (benchmarks/results/{name} {'; '.join(reasons)}; "
+                         f"its command is in benchmarks/results/{name.replace('.json', '.md')}) |" + " – |" * len(STRATEGIES))
+            continue
         verdicts = d.get("verdicts")
         if not verdicts or verdicts.get("split") != "test":
             lines.append(f"| {label}: not yet re-measured under the train/selection/test protocol |" + " |" * len(STRATEGIES))

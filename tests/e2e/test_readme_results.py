@@ -28,9 +28,15 @@ def test_every_renderer_has_its_block_and_a_changed_figure_is_caught():
     text = (REPO / "README.md").read_text(encoding="utf-8")
     names = {m["name"] for m in render.BLOCK.finditer(text)}
     assert names == set(render.RENDERERS)
-    for name in sorted(names):  # in every block, a figure typed over is put back by the renderer
+    for name in sorted(names):  # in every block that shows figures, a figure typed over is put back by the renderer
         start = text.index(f"<!-- results:{name} -->")
-        figure = re.search(r"\d\.\d{3}", text[start:])
+        body = text[start:text.index(f"<!-- /results:{name} -->")]
+        figure = re.search(r"\d\.\d{3}", body)
+        if body.split("\n", 1)[1].startswith("(Withdrawn until re-measured"):
+            assert not figure, f"block {name} is withdrawn but shows a figure"
+            continue
+        if not figure and "ithdrawn until" in body:  # every row of it is withdrawn
+            continue
         assert figure, f"block {name} shows no figure"
         at = start + figure.start()
         changed = "1.234" if figure.group() != "1.234" else "4.321"
@@ -44,43 +50,61 @@ def test_an_unknown_block_is_refused():
         render.render("<!-- results:nope -->\nx\n<!-- /results:nope -->")
 
 
-def _provenance_records(data, where="") -> list[tuple[str, dict]]:
-    """Every ``provenance`` record in a result file, with where it sits (a file may hold one per data set)."""
-    found = []
-    if isinstance(data, dict):
-        for key, value in data.items():
-            if key == "provenance" and isinstance(value, dict):
-                found.append((where or "top level", value))
-            else:
-                found += _provenance_records(value, f"{where}.{key}" if where else str(key))
-    return found
-
-
-def test_every_rendered_result_file_records_the_script_the_readme_names_as_it_is_now():
-    """A result file names the command, library versions and the SHA-256 of the script that wrote it, and that
-    script is the one the README block names, unchanged since: editing a benchmark means re-running it."""
+def test_no_block_shows_a_figure_from_a_file_that_does_not_record_the_script_as_it_is_now():
+    """Each figure shown comes from a result file (or data set section) that names the command, the library
+    versions and the SHA-256 of the script that wrote it, and that script is the one the README block names,
+    unchanged since; any other file's block (or row) says it is withdrawn instead: editing a benchmark means
+    re-running it, and figures measured with replaced code or statistics are never shown as current."""
     import json
 
     render = _renderer()
-    spec = importlib.util.spec_from_file_location("provenance", REPO / "benchmarks" / "provenance.py")
-    provenance = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(provenance)
     assert set(render.SOURCES) == set(render.RENDERERS), "every README block must name its result files and script"
-    problems = []
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    shown, withdrawn = [], []
     for block, (files, script) in render.SOURCES.items():
-        digest = provenance.script_digest(REPO / script)
+        body = text[text.index(f"<!-- results:{block} -->"):text.index(f"<!-- /results:{block} -->")]
         for name in files:
-            records = _provenance_records(json.loads((render.RESULTS / name).read_text(encoding="utf-8")))
-            if not records:
-                problems.append(f"{name} ({block}): no provenance record; re-run `python {script}`")
-            for where, record in records:
-                if record.get("script") != script:
-                    problems.append(f"{name} [{where}]: written by {record.get('script')!r}, the README names {script!r}")
-                elif record.get("script_sha256") != digest:
-                    problems.append(f"{name} [{where}]: {script} changed since it wrote this file; re-run it")
-                elif script not in record.get("command", "") or not record.get("versions", {}).get("torch"):
-                    problems.append(f"{name} [{where}]: the command or the library versions are missing")
-    assert not problems, "\n".join(problems)
+            data = json.loads((render.RESULTS / name).read_text(encoding="utf-8"))
+            sections = {name: data} if block not in ("accuracy",) else {k: v for k, v in data.items() if k != "provenance"}
+            for label, section in sections.items():
+                if render.stale(section, script):
+                    withdrawn.append(f"{block}: {label}")
+                    assert "ithdrawn until" in body and label.split(".")[0] in body, (block, label)
+                else:
+                    shown.append(f"{block}: {label}")
+    print("shown:", shown, "\nwithdrawn:", withdrawn)
+    assert shown, "no block shows a current measurement"
+
+
+def test_a_stale_result_file_is_withdrawn_not_shown(tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    render = _renderer()
+    for name in ("adapt_mnistm.json", "accuracy.json", "compare_hymenoptera.json"):
+        shutil.copy(render.RESULTS / name, tmp_path / name)
+    monkeypatch.setattr(render, "RESULTS", tmp_path)
+    current = json.loads((tmp_path / "adapt_mnistm.json").read_text())
+    current["provenance"] = render.provenance_records(current)[0][1] | {
+        "script": "benchmarks/adapt_mnistm.py", "script_sha256": __import__("hashlib").sha256(
+            (REPO / "benchmarks" / "adapt_mnistm.py").read_bytes()).hexdigest(), "command": "python benchmarks/adapt_mnistm.py",
+        "versions": {"torch": "x"}}
+    (tmp_path / "adapt_mnistm.json").write_text(json.dumps(current))
+    assert "Withdrawn" not in render.RENDERERS["adapt"]()
+    current["provenance"]["script_sha256"] = "0" * 64  # the script was edited after the run
+    (tmp_path / "adapt_mnistm.json").write_text(json.dumps(current))
+    block = render.RENDERERS["adapt"]()
+    assert block.startswith("(Withdrawn until re-measured") and "earlier version of benchmarks/adapt_mnistm.py" in block
+    assert not re.search(r"\d\.\d{3}", block)
+    del current["provenance"]  # no record at all
+    (tmp_path / "adapt_mnistm.json").write_text(json.dumps(current))
+    assert "records no provenance" in render.RENDERERS["adapt"]()
+    # by data set: a stale section is withdrawn row by row, the current ones stay
+    accuracy = json.loads((tmp_path / "accuracy.json").read_text())
+    first = next(k for k in accuracy if k != "provenance")
+    accuracy[first]["provenance"] = {"script": "benchmarks/accuracy.py", "script_sha256": "0" * 64}
+    (tmp_path / "accuracy.json").write_text(json.dumps(accuracy))
+    assert f"| {first}: withdrawn until" in render.RENDERERS["accuracy"]()
 
 
 def test_the_provenance_check_catches_an_edited_script(tmp_path):
