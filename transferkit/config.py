@@ -61,7 +61,7 @@ class DataCfg:
     test is only reported.
     """
 
-    path: str = _setting("", "Image folder: class sub-folders, or train/ + val/ (+ test/).", flag=None)  # train's DATA
+    path: str = _setting("", "Image folder: class sub-folders, or split folders: train/ with val/ (valid, validation, dev) and/or test/.", flag=None)  # train's DATA
     selection_fraction: float = _setting(
         0.15, "Share carved for the selection split (chooses the epoch): of train/ when DATA has train/ val/ "
               "(val/ is then the test split), of the folder when it has none.")

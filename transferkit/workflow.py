@@ -92,7 +92,7 @@ def train(
     """Train a classifier on an image folder; returns the run folder and its summary.
 
     Args:
-        data: a folder of class sub-folders, or one with train/ and val/ (and optional test/).
+        data: a folder of class sub-folders, or split folders: train/ with val/ (valid, validation, dev) and/or test/ (see transferkit.data.layout).
         config: a YAML/JSON file or a dict with sections data/model/strategy/optim/engine.
         overrides: dotted keys, e.g. {"engine.epochs": 3}.
         quiet: no console output.

@@ -16,7 +16,7 @@ __all__ = ["register"]
 
 @with_settings(["backbone", "weights", "input_size", "workers", "device", "cache", "cache_dir", "min_per_class"])
 def audit(
-    data: Path = typer.Argument(..., help="Image folder: class sub-folders, or train/ + val/ (+ test/); copies "
+    data: Path = typer.Argument(..., help="Image folder: class sub-folders, or split folders (train/ with val/ and/or test/); copies "
                                           "across those splits are reported as leakage."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for audit.json and audit.html (default "
                                                             "runs/<timestamp>-audit; never inside DATA)."),

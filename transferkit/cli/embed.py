@@ -15,7 +15,7 @@ __all__ = ["register"]
 
 @with_settings(["backbone", "weights", "input_size", "workers", "device", "cache", "cache_dir"])
 def embed(
-    data: Path = typer.Argument(..., help="Image folder: class sub-folders, or train/ + val/ (+ test/)."),
+    data: Path = typer.Argument(..., help="Image folder: class sub-folders, or split folders: train/ with val/ (valid, validation, dev) and/or test/."),
     out: Path = typer.Option(..., "--out", help="The .npz to write (embeddings, labels, paths, splits, classes)."),
     batch_size: int = typer.Option(64, help="Images per forward pass (embedding only: no gradients, so larger "
                                             "than training's)."),

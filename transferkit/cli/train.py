@@ -16,7 +16,7 @@ __all__ = ["register"]
 
 @with_settings()
 def train(
-    data: Optional[Path] = typer.Argument(None, help="Image folder: class sub-folders, or train/ + val/ (+ test/)."),
+    data: Optional[Path] = typer.Argument(None, help="Image folder: class sub-folders, or split folders: train/ with val/ (valid, validation, dev) and/or test/."),
     config: Optional[Path] = typer.Option(None, help="YAML/JSON config file; flags override it."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Any config key: section.key=value (repeatable)."),
     resume: Optional[Path] = typer.Option(None, help="Continue an interrupted run folder."),
