@@ -126,8 +126,19 @@ def test_a_class_with_one_image_is_reported_not_crashed_on(tmp_path: Path):
 
 def test_the_help_shows_the_library_defaults():
     """The CLI leaves unset options to the library (heavy to import at --help time); its help must agree."""
-    from transferkit.audit.duplicates import NEAR_THRESHOLD
+    from transferkit.audit.duplicates import NEAR_RADIUS
     from transferkit.audit.labels import FOLDS
 
     text = CliRunner().invoke(app, ["audit", "--help"], terminal_width=200, env={"COLUMNS": "200"}).output
-    assert f"(default {NEAR_THRESHOLD})" in text and f"(default {FOLDS})" in text
+    text = " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())  # the help's wrapped lines, box drawing removed
+    assert f"within {NEAR_RADIUS:g} x its median nearest-neighbour" in text and f"(default {FOLDS})" in text
+
+
+def test_only_confirmed_copies_are_listed_and_the_rejected_are_counted(audited):
+    """Same-colour noise images sit close in embedding space but are different images: the report lists only
+    the byte-identical copy, and says how many candidates the pixel check turned down (issue 25, item 6)."""
+    d = audited["report"]["duplicates"]
+    assert all(p["kind"] == "exact" or (p["pixel"] >= 0.95 and p["detail"] >= 0.85) for p in d["pairs"])
+    assert [p["kind"] for p in d["pairs"]] == ["exact"] and d["near_pairs"] == 0
+    assert d["candidates"] > 0 and d["rejected_at_pixel_level"] == d["candidates"]
+    assert f"{d['rejected_at_pixel_level']} of {d['candidates']} candidate near-copy pair(s)" in audited["result"].output

@@ -105,7 +105,8 @@ def _duplicates(report: dict[str, Any], thumbs: _Thumbs) -> str:
     rows, marks = [], []
     for p in d["pairs"][:SHOWN_ROWS]:
         what = ("<b>leakage</b> " if p["leakage"] else "") + p["kind"] + ("" if p["same_label"] else ", labels differ")
-        rows.append([_image_cell(p["a"], thumbs), _image_cell(p["b"], thumbs), what, f"{p['similarity']:.4f}"])
+        pixels = "same bytes" if p["kind"] == "exact" else f"{p['pixel']:.3f} / {p['detail']:.3f}"
+        rows.append([_image_cell(p["a"], thumbs), _image_cell(p["b"], thumbs), what, f"{p['similarity']:.4f}", pixels])
         marks.append("leak" if p["leakage"] else "")
     if report["layout"] == "flat":
         leakage = ("no predefined split, so no leakage yet: training carves its splits at random and may put the "
@@ -113,8 +114,11 @@ def _duplicates(report: dict[str, Any], thumbs: _Thumbs) -> str:
     else:
         leakage = f"<b>{d['leakage_pairs']} pair(s) span two splits (leakage)</b>, listed first"
     head = (f"<h2>Duplicates and leakage</h2><p>{d['exact_pairs']} exact pair(s) (same bytes), {d['near_pairs']} "
-            f"near pair(s) (embedding cosine similarity &ge; {d['threshold']}); {leakage}.</p>")
-    return head + (_table(["image", "copy", "kind", "similarity"], rows, marks) + _more(len(d["pairs"])) if rows else "")
+            f"near pair(s) confirmed on the pixels; {leakage}. Candidates: {_e(d['candidate_rule'])}. Confirmed: "
+            f"{_e(d['confirmation'])}; {d['rejected_at_pixel_level']} of {d['candidates']} candidate(s) looked alike "
+            "but failed that check and are not listed.</p>")
+    return head + (_table(["image", "copy", "kind", "embedding similarity", "pixel / detail correlation"], rows, marks)
+                   + _more(len(d["pairs"])) if rows else "")
 
 
 def _label_issues(report: dict[str, Any], thumbs: _Thumbs) -> str:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from transferkit.audit.balance import balance_report
-from transferkit.audit.duplicates import MIN_THRESHOLD, NEAR_THRESHOLD, find_duplicates, pair_rows
+from transferkit.audit.duplicates import MIN_THRESHOLD, NEAR_RADIUS, find_duplicates, pair_rows
 from transferkit.audit.labels import FOLDS, RANK_BY, LabelIssues, find_label_issues, issue_rows
 from transferkit.audit.outliers import outlier_rows, score_outliers
 from transferkit.audit.report_html import render_html
@@ -49,7 +49,7 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def _check_inputs(data: Path, out: Path, relabel_csv: Path | None, near_threshold: float, folds: int,
+def _check_inputs(data: Path, out: Path, relabel_csv: Path | None, near_threshold: float | None, folds: int,
                   min_per_class: int) -> None:
     """Refuse, before any work, outputs that would write into the dataset and settings that cannot work."""
     for flag, path in (("--out", out), ("--relabel-csv", relabel_csv)):
@@ -61,10 +61,11 @@ def _check_inputs(data: Path, out: Path, relabel_csv: Path | None, near_threshol
                           "Give a folder path (it is created if missing)")
     if relabel_csv is not None and relabel_csv.suffix.lower() != ".csv":
         raise ConfigError(f"--relabel-csv {relabel_csv} must end in .csv (it is a table for a person to review)")
-    if not MIN_THRESHOLD <= near_threshold <= 1.0:
+    if near_threshold is not None and not MIN_THRESHOLD <= near_threshold <= 1.0:
         raise ConfigError(f"--near-threshold {near_threshold} must lie in [{MIN_THRESHOLD}, 1.0] (cosine similarity; "
-                          f"below {MIN_THRESHOLD} most same-class pairs match). Use the default {NEAR_THRESHOLD} or "
-                          "a value in that range")
+                          f"below {MIN_THRESHOLD} most same-class pairs are candidates). Leave it unset (candidates "
+                          f"within {NEAR_RADIUS:g} x the data set's median nearest-neighbour distance) or give a value "
+                          "in that range")
     if folds < 2:
         raise ConfigError(f"--folds {folds} must be at least 2 (out-of-fold predictions hold each image out once)")
     if min_per_class < 1:
@@ -110,13 +111,16 @@ def _summary(report: dict[str, Any]) -> list[str]:
     d, li, o, b = report["duplicates"], report["label_issues"], report["outliers"], report["balance"]
     lines = []
     if d["leakage_pairs"]:
-        lines.append(f"{d['leakage_pairs']} pair(s) of copies span two splits (leakage): delete one copy of each, "
-                     "or held-out figures measure memory")
+        lines.append(f"{d['leakage_pairs']} pair(s) of copies span two splits (leakage), each byte-identical or "
+                     "confirmed on the pixels: delete one copy of each, or held-out figures measure memory")
     copies = d["exact_pairs"] + d["near_pairs"] - d["leakage_pairs"]
     if copies:
         where = "within one split" if report["layout"] == "split" else "(keep one copy of each before training)"
         lines.append(f"{copies} {'other ' if d['leakage_pairs'] else ''}duplicate pair(s) {where}; "
                      f"{d['exact_pairs']} of all pairs are byte-identical")
+    if d["rejected_at_pixel_level"]:
+        lines.append(f"{d['rejected_at_pixel_level']} of {d['candidates']} candidate near-copy pair(s) looked alike "
+                     "to the embedding or in thumbnails but their pixels differ: not copies, not listed")
     if li.get("skipped"):
         lines.append(f"label check not run: {li['skipped']}")
     else:
@@ -152,7 +156,7 @@ def audit_folder(
     data: str | os.PathLike[str],
     out: str | os.PathLike[str],
     *,
-    near_threshold: float = NEAR_THRESHOLD,
+    near_threshold: float | None = None,
     folds: int = FOLDS,
     seed: int = 0,
     min_per_class: int = 2,
@@ -165,7 +169,9 @@ def audit_folder(
     Args:
         data: class sub-folders, or train/ val/ (test/) splits (pairs across them are leakage).
         out: folder for ``audit.json`` and ``audit.html`` (created; must not lie inside ``data``).
-        near_threshold: embedding cosine similarity at and above which two images are near copies.
+        near_threshold: a fixed embedding cosine similarity at and above which two images are candidate near
+            copies; by default candidates lie within ``NEAR_RADIUS`` x the data set's median nearest-neighbour
+            distance. Either way a near copy is reported only once its pixels confirm it.
         folds, seed: the stratified k-fold of the out-of-fold predictions.
         min_per_class: ``data.min_per_class`` of the training that will follow (for "too small").
         relabel_csv: optional CSV of the flagged images (path, given, suggested, score) to review.

@@ -22,8 +22,10 @@ def audit(
                                                             "runs/<timestamp>-audit; never inside DATA)."),
     relabel_csv: Optional[Path] = typer.Option(None, "--relabel-csv", help="Also write the suspected label issues "
                                                "as a CSV (path, given, suggested, score) to review."),
-    near_threshold: Optional[float] = typer.Option(None, help="Embedding cosine similarity at and above which two "
-                                                              "images are near copies (default 0.92)."),
+    near_threshold: Optional[float] = typer.Option(None, help="A fixed embedding cosine similarity at and above which "
+                                                              "two images are candidate near copies (default: relative "
+                                                              "to the data, within 0.5 x its median nearest-neighbour "
+                                                              "distance); candidates are confirmed on the pixels."),
     folds: Optional[int] = typer.Option(None, help="Stratified folds of the label check's out-of-fold predictions "
                                                    "(default 5)."),
     seed: int = typer.Option(0, help="Seed of the folds."),
