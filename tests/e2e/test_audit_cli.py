@@ -142,3 +142,18 @@ def test_only_confirmed_copies_are_listed_and_the_rejected_are_counted(audited):
     assert [p["kind"] for p in d["pairs"]] == ["exact"] and d["near_pairs"] == 0
     assert d["candidates"] > 0 and d["rejected_at_pixel_level"] == d["candidates"]
     assert f"{d['rejected_at_pixel_level']} of {d['candidates']} candidate near-copy pair(s)" in audited["result"].output
+
+
+def test_flagged_images_carry_score_rank_and_the_measured_precision(audited):
+    """Item 7 of issue 25: no unconfirmed finding comes as an order; each shows its score and rank among all."""
+    report = audited["report"]
+    n = report["images"]
+    issues = report["label_issues"]["issues"]
+    assert issues and all(r["images"] == n and 1 <= r["rank_among_all"] <= n for r in issues)
+    assert all(r["images"] == n and 1 <= r["rank_among_all"] <= n for r in report["outliers"]["outliers"])
+    line = next(line for line in audited["result"].output.splitlines() if "mislabelled" in line)
+    assert "unconfirmed" in line and f"rank among all {n} images" in line
+    measured = report["label_issues"]["expected_precision"]
+    assert measured is None or f"{measured['precision']:.3f}" in line
+    page = (audited["out"] / "audit.html").read_text()
+    assert "rank among all" in page and "Unconfirmed" in page

@@ -179,12 +179,16 @@ def find_label_issues(embeddings: np.ndarray, labels: np.ndarray, n_classes: int
 
 def issue_rows(issues: LabelIssues, labels: np.ndarray, classes: Sequence[str], paths: Sequence[str],
                splits: Sequence[str]) -> list[dict[str, Any]]:
-    """The flagged images as report rows, most suspect first."""
+    """The flagged images as report rows, most suspect first; ``rank_among_all`` is the image's place in the
+    label-quality ranking of every image (1 = the lowest score), out of ``images``."""
     probs = issues.oof.probs
+    place = np.empty(len(issues.scores), dtype=np.int64)
+    place[issues.ranking()] = np.arange(1, len(issues.scores) + 1)
     rows = []
     for rank, i in enumerate(issues.flagged.tolist(), 1):
         given, suggested = int(labels[i]), int(issues.suggested[i])
-        rows.append({"rank": rank, "path": paths[i], "split": splits[i], "given": classes[given],
+        rows.append({"rank": rank, "rank_among_all": int(place[i]), "images": len(place),
+                     "path": paths[i], "split": splits[i], "given": classes[given],
                      "suggested": classes[suggested], "score": round(float(issues.scores[i]), 4),
                      "given_prob": round(float(probs[i, given]), 4),
                      "suggested_prob": round(float(probs[i, suggested]), 4)})

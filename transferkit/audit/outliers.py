@@ -69,11 +69,15 @@ def score_outliers(embeddings: np.ndarray, labels: np.ndarray, neighbours: int =
 
 def outlier_rows(outliers: Outliers, labels: np.ndarray, classes: Sequence[str], paths: Sequence[str],
                  splits: Sequence[str]) -> list[dict[str, Any]]:
-    """The flagged images as report rows, most unusual first."""
+    """The flagged images as report rows, most unusual first; ``rank_among_all`` is the image's place among
+    every image by score (1 = the most unusual), out of ``images``."""
+    place = np.empty(len(outliers.scores), dtype=np.int64)
+    place[np.argsort(outliers.scores, kind="stable")] = np.arange(1, len(outliers.scores) + 1)
     rows = []
     for rank, i in enumerate(outliers.flagged.tolist(), 1):
         class_score = outliers.class_scores[i]
-        rows.append({"rank": rank, "path": paths[i], "split": splits[i], "label": classes[int(labels[i])],
+        rows.append({"rank": rank, "rank_among_all": int(place[i]), "images": len(place),
+                     "path": paths[i], "split": splits[i], "label": classes[int(labels[i])],
                      "score": round(float(outliers.scores[i]), 4),
                      "class_score": None if np.isnan(class_score) else round(float(class_score), 4)})
     return rows

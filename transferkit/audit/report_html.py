@@ -15,6 +15,8 @@ from typing import Any, Callable, Sequence
 
 from PIL import Image, ImageOps
 
+from transferkit.audit.evidence import label_precision_sentence
+
 __all__ = ["THUMB_PX", "SHOWN_ROWS", "thumbnail_uri", "render_html"]
 
 THUMB_PX = 96  # longest side of a thumbnail: enough to recognise a photo, ~3 KB as JPEG
@@ -126,21 +128,25 @@ def _label_issues(report: dict[str, Any], thumbs: _Thumbs) -> str:
     if li.get("skipped"):
         return f"<h2>Label issues</h2><p>Not checked: {_e(li['skipped'])}</p>"
     rows = [[str(r["rank"]), thumbs.img(r["path"]), f'<div class="path">{_e(r["path"])}</div>{_split(r["split"])}',
-             _e(r["given"]), f"<b>{_e(r['suggested'])}</b> ({r['suggested_prob']:.2f})", f"{r['score']:.3f}"]
+             _e(r["given"]), f"<b>{_e(r['suggested'])}</b> ({r['suggested_prob']:.2f})", f"{r['score']:.3f}",
+             f"{r['rank_among_all']} of {r['images']}"]
             for r in li["issues"][:SHOWN_ROWS]]
     head = (f"<h2>Label issues</h2><p>{len(li['issues'])} image(s) flagged by confident learning on out-of-fold "
             f"probabilities ({li['folds']} folds, out-of-fold accuracy {li['out_of_fold_accuracy']:.3f}); most "
-            "suspect first. Score: the out-of-fold probability of the given label.</p>")
-    return head + (_table(["#", "image", "file", "given", "suggested", "score"], rows) + _more(len(li["issues"]))
-                   if rows else "")
+            "suspect first. Score: the label-quality score of the given label; rank: its place among all images, "
+            f"lowest score first. Unconfirmed: {_e(label_precision_sentence(li.get('expected_precision')))}.</p>")
+    return head + (_table(["#", "image", "file", "given", "suggested", "score", "rank among all"], rows)
+                   + _more(len(li["issues"])) if rows else "")
 
 
 def _outliers(report: dict[str, Any], thumbs: _Thumbs) -> str:
     o = report["outliers"]
     cells = "".join(f'<div class="cell">{thumbs.img(r["path"])}<div class="path">{_e(r["path"])}</div>'
-                    f'{_e(r["label"])}, score {r["score"]:.3f}</div>' for r in o["outliers"][:SHOWN_ROWS])
+                    f'{_e(r["label"])}, score {r["score"]:.3f}, rank {r["rank_among_all"]} of {r["images"]}</div>'
+                    for r in o["outliers"][:SHOWN_ROWS])
     head = (f"<h2>Outliers</h2><p>{len(o['outliers'])} image(s) far from every other image (distance to their "
-            f"{o['neighbours']} nearest neighbours beyond Tukey's fence); most unusual first.</p>")
+            f"{o['neighbours']} nearest neighbours beyond Tukey's fence); most unusual first. Unconfirmed: how many "
+            "are errors is not measured; rank: place among all images, most unusual first.</p>")
     return head + (f'<div class="grid">{cells}</div>' + _more(len(o["outliers"])) if cells else "")
 
 

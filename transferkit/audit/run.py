@@ -19,6 +19,7 @@ import numpy as np
 
 from transferkit.audit.balance import balance_report
 from transferkit.audit.duplicates import MIN_THRESHOLD, NEAR_RADIUS, find_duplicates, pair_rows
+from transferkit.audit.evidence import label_precision, label_precision_sentence
 from transferkit.audit.labels import FOLDS, RANK_BY, LabelIssues, find_label_issues, issue_rows
 from transferkit.audit.outliers import outlier_rows, score_outliers
 from transferkit.audit.report_html import render_html
@@ -93,6 +94,7 @@ def _label_section(issues: LabelIssues | None, why_not: str | None, y: np.ndarra
                       f"logistic-regression head; ranked by cleanlab.rank.get_label_quality_scores ({RANK_BY})",
             "folds": issues.oof.folds, "seed": issues.oof.seed, "l2": issues.oof.l2,
             "out_of_fold_accuracy": round(float(np.mean(issues.suggested == y)), 4),
+            "expected_precision": label_precision(),
             "issues": issue_rows(issues, y, classes, rel, splits)}
 
 
@@ -124,8 +126,12 @@ def _summary(report: dict[str, Any]) -> list[str]:
     if li.get("skipped"):
         lines.append(f"label check not run: {li['skipped']}")
     else:
-        lines.append(f"{len(li['issues'])} image(s) may be mislabelled (given label vs out-of-fold prediction)")
-    lines.append(f"{len(o['outliers'])} outlier(s) far from every other image")
+        lines.append(f"{len(li['issues'])} image(s) may be mislabelled (given label vs out-of-fold prediction; "
+                     f"unconfirmed): {label_precision_sentence(li['expected_precision'])}; each is listed with its "
+                     f"score and its rank among all {report['images']} images for a person to judge")
+    lines.append(f"{len(o['outliers'])} outlier(s) far from every other image (unconfirmed: how many are errors is "
+                 f"not measured); each is listed with its score and its rank among all {report['images']} images "
+                 "for a person to look at")
     if b["too_small"]:
         lines.append(f"{len(b['too_small'])} class(es) too small to train: " +
                      ", ".join(f"{s['class']} ({s['images']} < {s['needed']})" for s in b["too_small"]))
