@@ -15,10 +15,10 @@ decided in two steps:
    :data:`NEAR_RADIUS` x the median distance of an image to its nearest neighbour (cleanlab Datalab's
    ``near_duplicate`` rule, mirrored here; a fixed cosine, ``threshold``, replaces the radius when given).
    A fixed cosine does not travel: 0.92, chosen on flowers, put 13,937 pairs of different steel textures of
-   neu_surface_defects "in copy" (406 across its splits; its only real copy is one byte-identical pair in
-   train/) because textures sit close together in embedding space. (b) Pixel neighbours: each image's
-   :data:`PIXEL_NEIGHBOURS` nearest images by correlation of 32 x 32 greyscale thumbnails, because a copy brightened by 10% or re-encoded can move far in embedding space (a steel
-   texture's copy fell to cosine 0.66, 6x the median distance) while its pixels barely change.
+   neu_surface_defects "in copy" (406 across its splits; the only copy found there is one byte-identical
+   pair in train/) because textures sit close together in embedding space. (b) Pixel neighbours: each
+   image's :data:`PIXEL_NEIGHBOURS` nearest images by correlation of 32 x 32 greyscale thumbnails, because
+   a copy brightened by 10% or re-encoded can move far in embedding space (a steel texture's copy fell to cosine 0.66, 6x the median distance) while its pixels barely change.
 2. **Confirmation** on the pixels: both images as greyscale thumbnails resized to the same size, compared at
    every pair of the centre crops :data:`CROPS` (so a crop of the other aligns); at the best alignment both
    the normalised correlation (:data:`MATCH_NCC`) and the correlation of the fine detail, the thumbnail minus
