@@ -18,7 +18,8 @@ decided in two steps:
    neu_surface_defects "in copy" (406 across its splits; the only copy found there is one byte-identical
    pair in train/) because textures sit close together in embedding space. (b) Pixel neighbours: each
    image's :data:`PIXEL_NEIGHBOURS` nearest images by correlation of 32 x 32 greyscale thumbnails, because
-   a copy brightened by 10% or re-encoded can move far in embedding space (a steel texture's copy fell to cosine 0.66, 6x the median distance) while its pixels barely change.
+   a copy brightened by 10% or re-encoded can move far in embedding space (a steel texture's copy fell to
+   cosine 0.66, 6x the median distance) while its pixels barely change.
 2. **Confirmation** on the pixels: both images as greyscale thumbnails resized to the same size, compared at
    every pair of the centre crops :data:`CROPS` (so a crop of the other aligns); at the best alignment both
    the normalised correlation (:data:`MATCH_NCC`) and the correlation of the fine detail, the thumbnail minus
@@ -290,8 +291,8 @@ def find_duplicates(paths: Sequence[str], embeddings: np.ndarray,
     near = sorted(pairs[len(exact):], key=lambda p: (-p.similarity, p.first, p.second))
     pairs = pairs[:len(exact)] + near
     info.update({
-        "confirmation": f"greyscale thumbnails at {MATCH_SIDE} x {MATCH_SIDE}, centre crops {', '.join(map(str, CROPS))} "
-                        f"of both; correlation >= {MATCH_NCC} and detail correlation >= {MATCH_DETAIL}",
+        "confirmation": f"greyscale thumbnails at {MATCH_SIDE} x {MATCH_SIDE}, centre crops "
+                        f"{', '.join(map(str, CROPS))} of both; correlation >= {MATCH_NCC} and detail correlation >= {MATCH_DETAIL}",
         "candidates": len([c for c in candidates if c not in seen]), "checked_at_pixel_level": checked,
         "rejected_at_pixel_level": rejected, "not_checked_undecodable": unchecked,
         "exact_pairs": len(exact), "near_pairs": len(near),
