@@ -15,7 +15,8 @@ What it does, by itself, and then stops:
    the peak RSS (sampled every 20 ms) while the fresh server answers one request of ``--max-batch`` photos (the
    body, the decoded images, ONNX Runtime's arena for a batch that size, and what the first call loads);
 4. good traffic: ``--requests`` requests from a bounded httpx asyncio client (``--concurrency`` at a time; a warm-up
-   first, not counted: 4 x concurrency requests of the mix): good ones are real photos of hymenoptera/val (one
+   first, not counted: 16 x concurrency requests of the mix, enough for ONNX Runtime's arena
+   to settle (at 4 x, it still grew ~70 MB in the first half of the run and not at all in the second)): good ones are real photos of hymenoptera/val (one
    image per request; every fifth good request carries 4), and ``--bad-fraction`` of them are bad, in turn: not an
    image, a truncated JPEG, a decompression bomb (a 1 KB PNG declaring 400 megapixels), an upload over the limit,
    a body with the wrong content type, and JSON with bad base64; the server's RSS is sampled every 0.5 s;
@@ -866,7 +867,7 @@ def main() -> int:
         # its body, the decoded images, ONNX Runtime's arena growing to the largest batch, which it keeps)
         baseline = full_batch_memory(process.pid, url, photos[:args.max_batch])
         # warm-up (not counted): the mix at full concurrency
-        warm = plan(argparse.Namespace(**{**vars(args), "requests": 4 * args.concurrency}), photos)
+        warm = plan(argparse.Namespace(**{**vars(args), "requests": 16 * args.concurrency}), photos)
         asyncio.run(send_all(url, warm, args.concurrency, photos[0][1], limit, lambda: None))
         sampler = MemorySampler(process.pid)
         sampler.start()
