@@ -299,7 +299,8 @@ def cpu_inference(d: Any) -> str:
 
 @_from("serve_load.json", "benchmarks/serve_load.py")
 def serve_load(d: Any) -> str:
-    """The loopback load test of `transferkit serve`: throughput, latency, errors, memory."""
+    """The loopback load test of `transferkit serve`: good traffic (throughput, latency, errors, memory), then the
+    hostile mix of issue 25 at concurrency 256 and its bar."""
     lat, mem, bat = d["latency_ms_good"], d["memory_mb"], d["batching"]
     bad = sum(v["sent"] for v in d["bad_by_kind"].values()) if isinstance(d["bad_by_kind"], dict) else d["bad_requests"]
     lines = ["| figure | value |", "|---|---|",
@@ -312,9 +313,44 @@ def serve_load(d: Any) -> str:
              f"| server memory (RSS) start -> end | {mem['start']:.0f} -> {mem['end']:.0f} MB |",
              f"| ONNX Runtime calls / images | {bat['batches']} / {bat['images']} (mean batch {bat['mean_batch']:.1f}) |"]
     m = d["machine"]
-    return "\n".join(lines) + (f"\n\n{m['cores']} cores, load average {m['load_before']:.2f} before / {m['load_after']:.2f} after "
+    text = "\n".join(lines) + (f"\n\n{m['cores']} cores, load average {m['load_before']:.2f} before / {m['load_after']:.2f} after "
                                f"(the client ran on the same cores). Command: `{d['command']}`.\n")
-
+    h = d.get("hostile")
+    if not h:
+        return text + "\nHostile mix: not measured in this file.\n"
+    hl, hm, health, base = h["latency_ms_good"] or {}, h["memory_mb"], h["health"], d["memory_baseline_mb"]
+    yes = lambda ok: "yes" if ok else "**NO**"  # noqa: E731
+    checks = h["checks"]
+    rows = ["| hostile mix | value |", "|---|---|",
+            f"| requests (good / bad), concurrency, attempts | {h['requests']} ({h['good_requests']} / {h['bad_requests']}), "
+            f"{h['settings']['concurrency']}, {h['attempts']} (503 answers retried after Retry-After) |",
+            f"| throughput | {h['throughput_images_per_s']:.1f} images/s ({h['images_predicted']} images in {h['wall_s']:.0f} s) |",
+            f"| latency of good requests (answered attempt) | p50 {hl.get('p50', 0):.0f} ms, p99 {hl.get('p99', 0):.0f} ms |",
+            f"| good requests answered 200 / finally told 503 | {h['good_answered_200']} / {h['good_told_503']} |",
+            f"| 4xx answers / 503 answers | {h['count_4xx']} / {h['count_503']} |",
+            f"| 500s / dropped connections | {h['count_500']} / {h['dropped_connections']} |",
+            f"| /v1/health every {health['every_s']:g} s: max latency, probes not 200 | {health['max_latency_s']:.3f} s "
+            f"of {health['probes']} probes, {health['not_200']} |",
+            f"| peak RSS vs bar | {hm['peak']:.0f} MB vs {hm['bar']:.0f} MB = 2 x (idle {hm['idle']:.0f} + one full batch "
+            f"{hm['full_batch']:.0f}) |",
+            "", "| bar (issue 25) | met |", "|---|---|",
+            f"| 0 responses 500 | {yes(checks['no_500'])} |",
+            f"| 0 dropped connections | {yes(checks['no_dropped_connections'])} |",
+            f"| peak RSS under 2 x (idle + one full batch) | {yes(checks['peak_rss_under_bar'])} |",
+            f"| /v1/health answered within 1 s throughout | {yes(checks['health_within_1s_throughout'])} |",
+            f"| every good request answered 200 or told 503 | {yes(checks['every_good_request_200_or_503'])} |",
+            f"| every bad request its 4xx (or 503), with a JSON error | "
+            f"{yes(checks['every_bad_request_its_4xx_or_503'] and checks['every_refusal_has_a_json_error'])} |"]
+    load = h["load_average_1min"]
+    return text + "\n" + "\n".join(rows) + (
+        f"\n\nThe hostile mix: {', '.join(k.replace('_', ' ') for k in h['by_kind'])}; bodies from 1 KB to the upload "
+        f"limit; the bombs are all-zero 9400 x 9400 PNGs ({h['settings']['png16_bomb_bytes'] // 1024} KB 16-bit grey, "
+        f"{h['settings']['rgba_bomb_bytes'] // 1024} KB RGBA). One full batch is the RSS growth from the idle server to "
+        f"its peak while it answers its first request of {base['full_batch_images']} photos (the batch's images and "
+        f"ONNX Runtime's arena for it). A shared, loaded machine: load average {load['before']:.2f} before / "
+        f"{load['after']:.2f} after the hostile phase; in its {h['cpu_s']['wall']:.0f} s the server used "
+        f"{h['cpu_s']['server']:.0f} CPU seconds, the client {h['cpu_s']['client']:.0f} "
+        "(`benchmarks/results/serve_load.md` has every kind's answers).\n")
 
 def _count(value: Any) -> int:
     return len(value) if isinstance(value, (list, dict)) else int(value)
