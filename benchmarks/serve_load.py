@@ -15,9 +15,9 @@ What it does, by itself, and then stops:
    the peak RSS (sampled every 20 ms) while the fresh server answers one request of ``--max-batch`` photos (the
    body, the decoded images, ONNX Runtime's arena for a batch that size, and what the first call loads);
 4. good traffic: ``--requests`` requests from a bounded httpx asyncio client (``--concurrency`` at a time; a warm-up
-   first, not counted: 16 x concurrency requests of the mix, enough for ONNX Runtime's arena
-   to settle (at 4 x, it still grew ~70 MB in the first half of the run and not at all in the second)): good ones are real photos of hymenoptera/val (one
-   image per request; every fifth good request carries 4), and ``--bad-fraction`` of them are bad, in turn: not an
+   first, not counted: 16 x concurrency requests of the mix, enough for ONNX Runtime's arena to settle; at 4 x it
+   still grew ~70 MB over the first half of the run and not in the second): good ones are real photos of
+   hymenoptera/val (one image per request; every fifth good request carries 4), and ``--bad-fraction`` of them are bad, in turn: not an
    image, a truncated JPEG, a decompression bomb (a 1 KB PNG declaring 400 megapixels), an upload over the limit,
    a body with the wrong content type, and JSON with bad base64; the server's RSS is sampled every 0.5 s;
 5. the hostile mix (issue 25): ``--hostile-requests`` requests at ``--hostile-concurrency`` (256), one connection
@@ -766,7 +766,7 @@ def hostile_markdown(h: dict[str, Any], base: dict[str, Any]) -> list[str]:
         f"| good requests answered 200 / finally told 503 | {h['good_answered_200']} / {h['good_told_503']} |",
         f"| 4xx answers / 503 answers (every attempt) | {h['count_4xx']} / {h['count_503']} |",
         f"| 500s / dropped connections | {h['count_500']} / {h['dropped_connections']} |",
-        f"| /v1/health, probed every {health['every_s']} s | {health['probes']} probes, max {health['max_latency_s']:.3f} s, "
+        f"| health probes (GET on v1/health) every {health['every_s']} s | {health['probes']} probes, max {health['max_latency_s']:.3f} s, "
         f"p99 {health['p99_latency_s']:.3f} s, not 200: {health['not_200']} |",
         f"| peak RSS vs bar (MB) | **{mem['peak']:.0f}** vs {mem['bar']:.0f} = 2 x (idle {mem['idle']:.0f} + one full batch "
         f"{mem['full_batch']:.0f}) |", "",
