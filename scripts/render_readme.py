@@ -217,14 +217,19 @@ def linear_probe(result: Any) -> str:
 def recommend(d: Any) -> str:
     labels = {"hymenoptera": "hymenoptera", "flowers": "flowers", "neu_surface_defects": "NEU steel defects",
               "mnist_to_mnistm/mnist/train": "MNIST", "mnist_to_mnistm/mnistm/train": "MNIST-M"}
-    lines = ["| data | BatchNorm shift | probe accuracy (k-fold, n) | recommended |", "|---|---|---|---|"]
+    from transferkit.metrics.intervals import proportion_interval
+
+    lines = ["| data | BatchNorm shift | probe accuracy, k-fold [95% CI] (n) | recommended |", "|---|---|---|---|"]
     for name, rec in d.items():
         if name == "provenance":
             continue
         m = rec["measurements"]
-        lines.append(f"| {labels.get(name, name)} | {m['bn_shift']:.3f} | {m['probe_accuracy']:.2f} ({m['probe_images']}) "
-                     f"| {rec['strategy']} |")
-    return "\n".join(lines) + "\n"
+        n = m["probe_images"]
+        lo, hi = proportion_interval(round(m["probe_accuracy"] * n), n)  # out-of-fold: each image scored once
+        lines.append(f"| {labels.get(name, name)} | {m['bn_shift']:.3f} | {m['probe_accuracy']:.2f} [{float(lo):.2f}, "
+                     f"{float(hi):.2f}] ({n}) | {rec['strategy']} |")
+    return "\n".join(lines) + ("\n\nThe probe accuracy is out of fold on the recommender's few probe images "
+                                "(Clopper-Pearson interval over them): a rough separability reading, not a test figure.\n")
 
 
 @_from("demo.json", "benchmarks/demo_record.py")
