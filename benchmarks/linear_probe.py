@@ -12,19 +12,25 @@ head sees the same embeddings (the package's content-addressed cache, eval view)
 
 - **old head**: ``transferkit.train`` feature extraction with ``model.head_fit=sgd`` (10 epochs of
   AdamW 1e-3 on cached embeddings, label smoothing 0.1, dropout 0.2, cosine schedule, batch 32; the
-  best epoch is chosen on the selection split);
-- **new head**: the same call with the default ``head_fit=auto``: one converged L-BFGS probe on
-  standardised embeddings, L2 strength chosen from ``transferkit.features.probe.L2_GRID`` by the
-  lowest log loss on the selection split (ties: the run's monitor). A first run chose by the monitor
-  (ties: log loss); it differed only on imbalanced flowers, where it took l2 1e-6 and scored
-  0.898 / 0.746 (accuracy / balanced) against 0.934 / 0.763 now: that observation on the report split
-  motivated the rule (transferkit/features/probe.py says why it is sound a priori), so read that row
-  with this in mind;
+  epoch is chosen on the selection split by the monitor; fitted on the fit split only);
+- **new head**: the same call with the default ``head_fit=auto``: one converged L-BFGS probe
+  (multinomial logistic regression) on centred embeddings divided by one global scale
+  (``transferkit.features.probe.SCALINGS``), L2 strength from ``transferkit.features.probe.L2_GRID``
+  chosen by the lowest held-out log loss (ties: the run's monitor). Held out means the selection split
+  when it has at least ``CV_BELOW`` (300) images, else 5-fold cross-validation over fit + selection.
+  When nothing chooses on the selection split after the probe (no temperature: fewer than 100 selection
+  images; no tuned logit adjustment), the run refits the probe on fit + selection at the chosen strength
+  (``head_fit['refit_on']``), so on those data sets it trains on more images than the other two heads;
+  every table row records what its probe chose on and was fitted on;
 - **scikit-learn**: ``make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000))``
   fitted on the fit split, default strength (the plain pipeline a user would write).
 
-Splits (stratified, seed 0; the selection split chooses epochs and L2 strengths, the report split is
-scored once and chooses nothing):
+The trainer's post-hoc steps run as by default for both trainer heads (temperature scaling, which keeps every
+predicted class, and on imbalanced data the tuned logit adjustment, which can change it); each head's record
+keeps them.
+
+Splits (stratified, seed 0; the selection split chooses epochs, L2 strengths, temperatures; the report split
+is scored once and chooses nothing):
 
 - hymenoptera: its train/ split 80/20 into fit/selection; report on its given val/ (153 images).
 - flowers (5 x 600): 70/15/15 fit/selection/report.
@@ -34,17 +40,20 @@ scored once and chooses nothing):
   points, too few to separate heads; not used).
 
 The trainer sees each split as train/ val/ test/ of a folder of symbolic links (the cache keys on file
-bytes, so all heads read the same rows). Intervals (transferkit.metrics): Clopper-Pearson for accuracy,
-MOVER over the classes' Clopper-Pearson limits for balanced accuracy; the differences new - old and
-new - scikit-learn are paired over the same images, judged by exact tests (McNemar for accuracy, sign-flip
-for balanced accuracy) Holm-adjusted over the two, and shown with a 2,000-resample bootstrap interval. Head fit time: the sum of the old head's epochs (each
-includes its selection-split evaluation), the probe's fit including its whole L2 grid, the pipeline's
-fit. The machine is shared (load average recorded).
+bytes, so all heads read the same rows). Intervals (transferkit.metrics.intervals): Clopper-Pearson for
+accuracy, MOVER over the classes' Clopper-Pearson limits for balanced accuracy; the differences new - old and
+new - scikit-learn are paired over the same images and judged by exact tests (transferkit.metrics.paired:
+McNemar for accuracy, sign-flip for balanced accuracy), Holm-adjusted over the two comparisons of each data
+set and metric, and shown with a 2,000-resample bootstrap interval (a description, not the verdict). Head fit
+time: the sum of the old head's epochs (each includes its selection-split evaluation), the probe's fit
+including its whole L2 grid (and folds), the pipeline's fit. The machine is shared (load average recorded).
 
 ``--lpft-seeds N`` adds LP-FT before/after on hymenoptera with the same split: ``strategy=lp-ft``,
 2 head-only warm-up epochs then 4 of fine-tuning everything, 112 px (to fit 2 CPU cores, as in
 benchmarks/compare_strategies.py), ``head_fit=sgd`` (warm-up by AdamW epochs) vs the default (warm-up by the
-converged probe); N seeds each.
+converged probe); N seeds each, paired by seed: each row's mean over seeds with its Clopper-Pearson interval on
+per-image scores averaged over the seeds (``seed_image_interval``), and the verdict after vs before from
+``verdicts_against`` (exact sign-flip test over images and a t test over the seeds' spread).
 
 ``--scale-rows 1000000`` adds the scale check: for a cache of that many 1280-d rows the run plans the
 streaming mini-batch path (a full-batch probe would need rows x 1280 x 8 bytes), and one epoch of it
@@ -124,14 +133,16 @@ def link_folder(splits: dict[str, dict[str, list[Path]]], target: Path) -> Path:
 # --- statistics ----------------------------------------------------------------------------------
 
 
-def head_statistics(labels: np.ndarray, preds: dict[str, np.ndarray]) -> dict:
+def head_statistics(labels: np.ndarray, preds: dict[str, np.ndarray], k: int) -> dict:
     """Each head's 95% intervals and the paired verdicts new vs old and new vs scikit-learn, with the package's
     own methods (transferkit.metrics): Clopper-Pearson for accuracy, MOVER for balanced accuracy; exact paired
-    tests Holm-adjusted over the two comparisons (per metric), a bootstrap interval of each difference for display."""
+    tests Holm-adjusted over the two comparisons (per metric), a bootstrap interval of each difference for display.
+
+    Returns ``{head: {metric: [low, high]}}`` for each head and ``{"new-sklearn" | "new-old": {metric: {"difference",
+    "ci95": [low, high], "p_value", "p_holm", "verdict", "differing_images", "test"}}}``. ``k``: the run's classes."""
     from transferkit.metrics.intervals import metric_intervals
     from transferkit.metrics.paired import decide, holm, paired_test
 
-    k = int(labels.max()) + 1
     probs = {h: np.eye(k)[p] for h, p in preds.items()}
     out: dict = {h: metric_intervals(labels, p, k, metrics=("accuracy", "balanced_accuracy"))[0] for h, p in probs.items()}
     for metric in ("accuracy", "balanced_accuracy"):
@@ -141,7 +152,8 @@ def head_statistics(labels: np.ndarray, preds: dict[str, np.ndarray]) -> dict:
         for key, t in tests.items():
             out.setdefault(key, {})[metric] = {"difference": t["difference"], "ci95": t["ci95"], "p_value": t["p_value"],
                                                "p_holm": adjusted[key], "verdict": decide(t, adjusted[key]),
-                                               "differing_images": t["differing_images"]}
+                                               "differing_images": t["differing_images"], "test": t["test"],
+                                               "family": "Holm over new-sklearn and new-old"}
     return out
 
 
@@ -164,12 +176,21 @@ def trainer_head(folder: Path, out: Path, head_fit: str, monitor: str, cache_dir
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rows = json.loads((out / "test_predictions.json").read_text())
     s = result.summary
+    chosen = next(r for r in records if r["epoch"] == s["selected_epoch"])  # the probe's one line carries the last epoch
+    fit = s["head_fit"]
     return {"labels": np.array([r["label"] for r in rows]), "pred": np.array([int(np.argmax(r["probs"])) for r in rows]),
-            "fit_s": round(sum(r["time_s"] for r in records), 2), "best_epoch": s["best_epoch"],
-            "train_accuracy": records[s["best_epoch"] - 1 - (s["epochs_run"] - len(records))]["train_accuracy"],
-            "head_fit": {k: v for k, v in s["head_fit"].items() if k != "grid"},
-            "selection_scores": [[c["l2"], round(c["score"], 4), round(c["nll"], 4)] for c in s["head_fit"].get("grid", [])],
-            "selection_metrics": s["metrics"], "n": {k: s["data"][k] for k in ("n_train", "n_val", "n_test")}}
+            "classes": len(s["data"]["classes"]),
+            "fit_s": round(sum(r["time_s"] for r in records), 2), "selected_epoch": s["selected_epoch"],
+            # on the rows the head was fitted on: the fit split, or fit + selection where the probe was refitted
+            "train_accuracy": round(chosen["train_accuracy"], 4),
+            "head_fit": {k: v for k, v in fit.items() if k != "grid"},
+            # per candidate: scaling, l2, held-out score (the monitor) and log loss (out of fold under cross-validation)
+            "selection_scores": [[c["scaling"], c["l2"], round(c["score"], 4), round(c["nll"], 4)] for c in fit.get("grid", [])],
+            "selection_metrics": s["selection_metrics"],
+            "selection_in_sample": bool(chosen.get("selection_in_sample", False)),
+            "trainer_test_metrics": s["metrics"],  # summary["metrics"]: the test (report) split's, cross-checked below
+            "calibration": s.get("calibration"), "logit_adjustment": s["logit_adjustment"],
+            "n": {k: s["data"][k] for k in ("n_train", "n_selection", "n_test")}}
 
 
 def sklearn_head(folder: Path, cache_dir: str | None) -> dict:
@@ -209,14 +230,18 @@ def bench_dataset(name: str, work: Path, cache_dir: str | None) -> dict:
     labels = new["labels"]
     assert (old["labels"] == labels).all() and (skl["labels"] == labels).all()
     heads = {"old": old, "new": new, "sklearn": skl}
-    intervals = head_statistics(labels, {h: v["pred"] for h, v in heads.items()})
+    for h in ("old", "new"):  # the report figures are the trainer's own (summary["metrics"] is the test split's)
+        assert abs(point(labels, heads[h]["pred"])["accuracy"] - heads[h]["trainer_test_metrics"]["accuracy"]) < 1e-3, h
+    intervals = head_statistics(labels, {h: v["pred"] for h, v in heads.items()}, new["classes"])
     out = {"protocol": protocol, "monitor": monitor, "n": new["n"], "report_class_counts": np.bincount(labels).tolist(),
            "load_avg": load, "heads": {}}
     for h, v in heads.items():
         out["heads"][h] = {**point(labels, v["pred"]), "ci95": intervals[h], "fit_s": v["fit_s"],
                            "train_accuracy": v["train_accuracy"],
-                           **{k: v[k] for k in ("best_epoch", "head_fit", "selection_scores", "selection_metrics") if k in v}}
-    out["differences_ci95"] = {k: intervals[k] for k in ("new-sklearn", "new-old")}
+                           **{k: v[k] for k in ("selected_epoch", "head_fit", "selection_scores", "selection_metrics",
+                                                "selection_in_sample", "calibration", "logit_adjustment") if k in v}}
+    out["heads"]["sklearn"]["fitted_on"] = "fit split"
+    out["differences"] = {k: intervals[k] for k in ("new-sklearn", "new-old")}
     print(f"  old {out['heads']['old']['accuracy']:.4f}  new {out['heads']['new']['accuracy']:.4f}  "
           f"sklearn {out['heads']['sklearn']['accuracy']:.4f}", flush=True)
     return out
@@ -224,32 +249,54 @@ def bench_dataset(name: str, work: Path, cache_dir: str | None) -> dict:
 
 def bench_lpft(seeds: int, work: Path, cache_dir: str | None) -> dict:
     import transferkit as tk
+    from transferkit.metrics.intervals import seed_image_interval
+    from transferkit.metrics.paired import verdicts_against
 
     splits, _, protocol = build_splits("hymenoptera")
     folder = work / "lpft_data"
     if not folder.exists():
         link_folder(splits, folder)
-    runs: dict[str, list[dict]] = {"sgd warm-up (before)": [], "probe warm-up (after)": []}
+    before, after = "sgd warm-up (before)", "probe warm-up (after)"
+    runs: dict[str, list[dict]] = {before: [], after: []}
+    probs: dict[str, list[np.ndarray]] = {before: [], after: []}
+    labels = paths = None
+    classes = 0
     for seed in range(seeds):
-        for label, head_fit in (("sgd warm-up (before)", "sgd"), ("probe warm-up (after)", "auto")):
+        for label, head_fit in ((before, "sgd"), (after, "auto")):
             out = work / f"lpft_{head_fit}_{seed}"
             tick = time.perf_counter()
             s = tk.train(folder, out=str(out), strategy="lp-ft", warmup_epochs=2, epochs=6, input_size=112, batch_size=32,
                          lr=1e-3, seed=seed, quiet=True, cache_dir=cache_dir,
                          overrides={"model.head_fit": head_fit, "data.validate": False}).summary
             records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-            runs[label].append({"seed": seed, "test_accuracy": round(s["test_metrics"]["accuracy"], 4),
-                                "test_balanced_accuracy": round(s["test_metrics"]["balanced_accuracy"], 4),
-                                "selection_accuracy": round(s["metrics"]["accuracy"], 4), "best_epoch": s["best_epoch"],
-                                "after_warmup_selection_accuracy": round(records[1 if head_fit == "sgd" else 0]["val_accuracy"], 4),
+            warm = next(r for r in records if r["epoch"] == 2)  # the end of the head-only warm-up (the probe's one line)
+            rows = sorted(json.loads((out / "test_predictions.json").read_text()), key=lambda r: r["path"])
+            y, run_paths = np.array([r["label"] for r in rows]), [r["path"] for r in rows]
+            if labels is None:
+                labels, paths, classes = y, run_paths, len(s["data"]["classes"])
+            assert run_paths == paths and (y == labels).all(), "lp-ft runs scored different images"
+            probs[label].append(np.array([r["probs"] for r in rows], dtype=np.float64))
+            runs[label].append({"seed": seed, "test_accuracy": round(s["metrics"]["accuracy"], 4),
+                                "test_balanced_accuracy": round(s["metrics"]["balanced_accuracy"], 4),
+                                "selection_accuracy": round(s["selection_metrics"]["accuracy"], 4),
+                                "selected_epoch": s["selected_epoch"],
+                                "after_warmup_selection_accuracy": round(warm["selection_accuracy"], 4),
+                                "after_warmup_selection_in_sample": bool(warm.get("selection_in_sample", False)),
+                                "warmup_head_fit": {k: v for k, v in s["head_fit"].items() if k != "grid"},
+                                "n": {k: s["data"][k] for k in ("n_train", "n_selection", "n_test")},
                                 "wall_s": round(time.perf_counter() - tick, 1)})
             print(f"  lp-ft {label} seed {seed}: test {runs[label][-1]['test_accuracy']}", flush=True)
     summary = {}
-    for label, rows in runs.items():
-        acc = np.array([r["test_accuracy"] for r in rows])
-        summary[label] = {"test_accuracy_mean": round(float(acc.mean()), 4), "test_accuracy_std": round(float(acc.std()), 4)}
+    for label in runs:
+        summary[label] = {m: seed_image_interval(labels, probs[label], classes, m) for m in ("accuracy", "balanced_accuracy")}
+    verdicts = {m: verdicts_against(labels, probs, before, classes, m, n_resamples=RESAMPLES)[after]
+                for m in ("accuracy", "balanced_accuracy")}
     return {"protocol": protocol + "; lp-ft: 2 warm-up + 4 fine-tuning epochs, 112 px, lr 1e-3, batch 32",
-            "runs": runs, "summary": summary}
+            "n_test": int(len(labels)), "seeds": seeds, "runs": runs, "summary": summary,
+            "after_vs_before": {m: {k: v[k] for k in ("difference", "per_seed", "ci95", "p_value", "p_holm", "p_seed",
+                                                      "p_seed_holm", "verdict", "seeds_agree", "distinct_models",
+                                                      "differing_images", "test", "family")}
+                                for m, v in verdicts.items()}}
 
 
 # --- output ------------------------------------------------------------------------------------------
@@ -272,33 +319,51 @@ def bench_scale(rows: int) -> dict:
     return {"rows": rows, "probe_max_bytes": PROBE_MAX_BYTES, "probe_planned": planned, **speed.bench_scale(rows, 256)}
 
 
+def _iv(iv: list[float] | None, sign: str = "") -> str:
+    return "[no interval]" if iv is None else f"[{iv[0]:{sign}.3f}, {iv[1]:{sign}.3f}]"
+
+
+def probe_fit(h: dict) -> str:
+    """What the probe chose its strength on and what it was fitted on (from summary.json's head_fit)."""
+    f = h["head_fit"]
+    on = f["selected_on"].split("; refitted")[0]  # the refit is said once, below
+    return f"l2 {f['l2']:.0e}, {f['scaling']} scaling, chosen on {on}; fitted on {f['refit_on']} ({f['train_rows']} rows)"
+
+
 def _dataset_tables(result: dict) -> list[str]:
-    fmt = lambda h, m: f"{h[m]:.3f} [{h['ci95'][m][0]:.3f}, {h['ci95'][m][1]:.3f}]"  # noqa: E731
+    fmt = lambda h, m: f"{h[m]:.3f} {_iv(h['ci95'][m])}"  # noqa: E731
     lines = ["Report split only (nothing was chosen on it); 95% intervals: Clopper-Pearson (accuracy), MOVER over the "
-             "classes' Clopper-Pearson limits (balanced accuracy); differences are paired: exact test (McNemar for "
-             "accuracy, sign-flip for balanced accuracy), Holm over the two comparisons, with a 2,000-resample bootstrap "
-             "interval for display. Fit time: the head-only phase on cached embeddings (old: its 10 epochs with "
-             "their selection-split evaluations; new: the probe with its whole L2 grid and final evaluation).", "",
-             "| data (report n) | head | accuracy | balanced acc. | train acc. | fit (s) | chosen on selection |",
+             "classes' Clopper-Pearson limits (balanced accuracy). \"train\" in the probe's record is the fit split. Train "
+             "acc.: on the rows the head was fitted on. Fit "
+             "time: the head-only phase on cached embeddings (old: its 10 epochs with their selection-split evaluations; "
+             "new: the probe with its whole L2 grid, its cross-validation folds where it used them, and its evaluation).", "",
+             "| data (report n) | head | accuracy | balanced acc. | train acc. | fit (s) | chosen / fitted on |",
              "|---|---|---|---|---|---|---|"]
     for name, d in result["datasets"].items():
         for h, label in (("old", "old: 10 AdamW epochs"), ("new", "new: converged probe"), ("sklearn", "scikit-learn C=1")):
             v = d["heads"][h]
-            chosen = (f"epoch {v['best_epoch']}" if h == "old" else f"l2 {v['head_fit']['l2']:.0e} (C {v['head_fit']['C']:.3g})"
-                      if h == "new" else "—")
+            chosen = (f"epoch {v['selected_epoch']} on the selection split; fitted on the fit split" if h == "old"
+                      else probe_fit(v) if h == "new" else "C=1 fixed; fitted on the fit split")
             lines.append(f"| {name} ({sum(d['report_class_counts'])}) | {label} | {fmt(v, 'accuracy')} | {fmt(v, 'balanced_accuracy')} | "
                          f"{v['train_accuracy']:.3f} | {v['fit_s']:.2f} | {chosen} |")
-    lines += ["", "Paired differences [95% bootstrap interval], verdict (Holm-adjusted p):", "",
+    lines += ["", "Paired differences on the report images [95% bootstrap interval, 2,000 resamples, for display], verdict "
+              "from the exact test (McNemar for accuracy, sign-flip for balanced accuracy), Holm-adjusted over the two "
+              "comparisons of each data set and metric (adjusted p, images on which the two heads' outcomes differ):", "",
               "| data | new - scikit-learn: acc. | bal. acc. | new - old: acc. | bal. acc. |", "|---|---|---|---|---|"]
     for name, d in result["datasets"].items():
-        iv = d["differences_ci95"]
-        cell = lambda k, m: (f"{iv[k][m]['difference']:+.3f} [{iv[k][m]['ci95'][0]:+.3f}, {iv[k][m]['ci95'][1]:+.3f}] "  # noqa: E731
-                             f"{iv[k][m]['verdict']} (p {iv[k][m]['p_holm']:.3g})")
+        iv = d["differences"]
+        cell = lambda k, m: (f"{iv[k][m]['difference']:+.3f} {_iv(iv[k][m]['ci95'], '+')} "  # noqa: E731
+                             f"{iv[k][m]['verdict']} (p {iv[k][m]['p_holm']:.3g}, {iv[k][m]['differing_images']} images differ)")
         lines.append(f"| {name} | {cell('new-sklearn', 'accuracy')} | {cell('new-sklearn', 'balanced_accuracy')} | "
                      f"{cell('new-old', 'accuracy')} | {cell('new-old', 'balanced_accuracy')} |")
-    lines += ["", "Protocols (the old head's epoch is chosen on the monitor; the probe's strength by the lowest selection-split "
-              "log loss, ties broken by the monitor):", ""]
-    lines += [f"- {n}: {d['protocol']}; monitor {d['monitor']}; n = {d['n']}" for n, d in result["datasets"].items()]
+    lines += ["", "Protocols (the old head's epoch is chosen on the selection split by the monitor; the probe's strength by "
+              "the lowest held-out log loss, ties broken by the monitor, held out meaning the selection split from 300 "
+              "images, else 5-fold cross-validation over fit + selection; where nothing chooses on the selection split "
+              "after it, the probe is refitted on fit + selection; n: fit / selection / report images):", ""]
+    for n, d in result["datasets"].items():
+        post = d["heads"]["new"].get("logit_adjustment")
+        lines.append(f"- {n}: {d['protocol']}; monitor {d['monitor']}; n = {d['n']['n_train']} / {d['n']['n_selection']} / {d['n']['n_test']}; load average {d['load_avg']}"
+                     + ("; logit adjustment tuned on the selection split for both trainer heads" if post else ""))
     return lines
 
 
@@ -309,13 +374,21 @@ def table(result: dict) -> str:
         lines += _dataset_tables(result)
     if "lpft" in result:
         lp = result["lpft"]
-        lines += ["", "## LP-FT before/after (hymenoptera, report split = its val/)", "", lp["protocol"], "",
-                  "| warm-up | report accuracy (mean ± std over seeds) | per seed | selection acc. after warm-up |", "|---|---|---|---|"]
+        lines += ["", f"## LP-FT before/after (hymenoptera, report split = its val/, n = {lp['n_test']}, {lp['seeds']} seed{'s' if lp['seeds'] != 1 else ''})", "",
+                  lp["protocol"], "",
+                  "| warm-up | report accuracy, mean over seeds [95% CI] | per seed | balanced acc. [95% CI] | "
+                  "selection acc. after warm-up | distinct models |", "|---|---|---|---|---|---|"]
         for label, rows in lp["runs"].items():
-            s = lp["summary"][label]
-            lines.append(f"| {label} | {s['test_accuracy_mean']:.4f} ± {s['test_accuracy_std']:.4f} | "
-                         f"{', '.join(str(r['test_accuracy']) for r in rows)} | "
-                         f"{', '.join(str(r['after_warmup_selection_accuracy']) for r in rows)} |")
+            a, b = lp["summary"][label]["accuracy"], lp["summary"][label]["balanced_accuracy"]
+            lines.append(f"| {label} | {a['mean']:.3f} {_iv(a['ci95'])} | {', '.join(f'{v:.3f}' for v in a['per_seed'])} | "
+                         f"{b['mean']:.3f} {_iv(b['ci95'])} | "
+                         f"{', '.join(str(r['after_warmup_selection_accuracy']) for r in rows)} | {a['distinct_models']} |")
+        lines += ["", "After - before (paired by seed on the same images; exact sign-flip test over images, t test over the "
+                  "seeds' spread, every seed agreeing):"]
+        for m, v in lp["after_vs_before"].items():
+            lines.append(f"- {m}: {v['difference']:+.3f} {_iv(v['ci95'], '+')} (per seed "
+                         f"{', '.join(f'{d:+.3f}' for d in v['per_seed'])}), {v['verdict']} (image-level p {v['p_holm']:.3g}"
+                         + ("" if v["p_seed_holm"] is None else f", seed-level p {v['p_seed_holm']:.3g}") + ")")
     if "scale" in result:
         c = result["scale"]
         lines += ["", f"Scale: a cache of {c['rows']:,} x 1280 float16 rows plans the "
