@@ -427,7 +427,8 @@ def calibration_tta(d: Any) -> str:
     for name, c in d["calibration"].items():
         t = c["test"]
         if c["method"] != "temperature":
-            lines.append(f"| {name} ({c['n_selection']} / {c['n_test']}) | not fitted ({c['n_selection']} < 100 selection images) | "
+            why = (c.get("reason") or "").split(";")[0] or f"{c['n_selection']} < 100 selection images"
+            lines.append(f"| {name} ({c['n_selection']} / {c['n_test']}) | not fitted ({why}) | "
                          f"{t['ece_before']:.3f} | {t['nll_before']:.3f} |")
             continue
         lines.append(f"| {name} ({c['n_selection']} / {c['n_test']}) | {c['temperature']:.3f} | {t['ece_before']:.3f} -> "
