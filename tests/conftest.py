@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -121,3 +121,18 @@ def run_one_thread(cmd: list[str], cwd: Path) -> str:
 def torchrun(nproc: int = 2) -> list[str]:
     """The torchrun launcher of this interpreter on a free port."""
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(free_port())]
+
+
+@pytest.fixture
+def decoded_sizes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The size of every image Pillow decodes in this process, its threads included (a loader worker process is
+    not seen: use workers=0, as TINY does)."""
+    sizes: list[tuple[int, int]] = []
+    original = ImageFile.ImageFile.load
+
+    def load(self: ImageFile.ImageFile):  # noqa: ANN202 - Pillow's signature
+        sizes.append(self.size)
+        return original(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    return sizes

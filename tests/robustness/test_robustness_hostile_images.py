@@ -12,7 +12,6 @@ import zlib
 from pathlib import Path
 
 import pytest
-from PIL import ImageFile
 from typer.testing import CliRunner
 
 import transferkit as tk
@@ -47,18 +46,6 @@ def hostile_png(side: int = HOSTILE_SIDE) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", stream) + _chunk(b"IEND", b"")
 
 
-@pytest.fixture
-def decoded_sizes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
-    """The size of every image Pillow decodes in this process (loader workers are off: TINY's workers=0)."""
-    sizes: list[tuple[int, int]] = []
-    original = ImageFile.ImageFile.load
-
-    def load(self: ImageFile.ImageFile):  # noqa: ANN202 - Pillow's signature
-        sizes.append(self.size)
-        return original(self)
-
-    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
-    return sizes
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image, ImageFile
+from PIL import Image
 
 import transferkit as tk
 import transferkit.report as report
@@ -86,18 +86,6 @@ RED = jpeg()
 HOSTILE = {"16-bit grey": zero_png(9400, 9400, 16, 0), "RGBA": zero_png(9400, 9400, 8, 6)}
 
 
-@pytest.fixture
-def decoded_sizes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
-    """The size of every image Pillow decodes (the decoding threads run in this process)."""
-    sizes: list[tuple[int, int]] = []
-    original = ImageFile.ImageFile.load
-
-    def load(self: ImageFile.ImageFile):  # noqa: ANN202 - Pillow's signature
-        sizes.append(self.size)
-        return original(self)
-
-    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
-    return sizes
 
 
 def assert_still_serving(client: TestClient) -> None:
